@@ -17,18 +17,20 @@ export default defineConfig({
       default: {
         version: SOLC_VERSION,
         path: solcPath,
-        settings: { optimizer: { enabled: true, runs: 10_000 }, evmVersion: "prague" },
+        settings: { optimizer: { enabled: true, runs: 10_000 }, evmVersion: "prague", viaIR: true },
       },
       production: {
         version: SOLC_VERSION,
         path: solcPath,
-        settings: { optimizer: { enabled: true, runs: 10_000 }, evmVersion: "prague" },
+        settings: { optimizer: { enabled: true, runs: 10_000 }, evmVersion: "prague", viaIR: true },
       },
     },
   },
   networks: {
     hardhatMainnet: { type: "edr-simulated", chainType: "l1" },
-    localhost: { type: "http", chainType: "l1", url: "http://127.0.0.1:8545" },
+    // MARKET_RPC_URL lets tools point "localhost" at a node on another port (agents/chain/localNode.ts
+    // starts each node on a free port), so Ignition deploys there through its ordinary CLI.
+    localhost: { type: "http", chainType: "l1", url: process.env.MARKET_RPC_URL ?? "http://127.0.0.1:8545" },
     sepolia: {
       type: "http",
       chainType: "l1",

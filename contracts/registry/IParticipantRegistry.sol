@@ -94,6 +94,9 @@ interface IParticipantRegistry {
     /// @notice The record of `account` (status None if unknown).
     function participant(address account) external view returns (Participant memory);
 
+    /// @notice The fields of `account` that readings and orders check, read from one storage slot.
+    function signerOf(address account) external view returns (address meterKey, Kind kind, Status status);
+
     /// @notice Whether `account` is registered and not suspended.
     function isActive(address account) external view returns (bool);
 

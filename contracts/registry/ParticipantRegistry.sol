@@ -81,6 +81,12 @@ contract ParticipantRegistry is IParticipantRegistry, AccessControl {
     }
 
     /// @inheritdoc IParticipantRegistry
+    function signerOf(address account) external view returns (address meterKey, Kind kind, Status status) {
+        Participant storage p = _participants[account];
+        return (p.meterKey, p.kind, p.status);
+    }
+
+    /// @inheritdoc IParticipantRegistry
     function isActive(address account) external view returns (bool) {
         return _participants[account].status == Status.Active;
     }

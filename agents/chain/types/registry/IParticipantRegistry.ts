@@ -18,7 +18,7 @@ export declare namespace IParticipantRegistry {
     }
 
   export interface IParticipantRegistryInterface extends Interface {
-    getFunction(nameOrSignature: "accountOfMeterId" | "accountOfMeterKey" | "isActive" | "participant" | "participantAt" | "participantCount" | "reactivate" | "register" | "registerBatch" | "setMeterKey" | "slackUnit" | "suspend"): FunctionFragment;
+    getFunction(nameOrSignature: "accountOfMeterId" | "accountOfMeterKey" | "isActive" | "participant" | "participantAt" | "participantCount" | "reactivate" | "register" | "registerBatch" | "setMeterKey" | "signerOf" | "slackUnit" | "suspend"): FunctionFragment;
 
     getEvent(nameOrSignatureOrTopic: "MeterKeyChanged" | "ParticipantReactivated" | "ParticipantRegistered" | "ParticipantSuspended"): EventFragment;
 
@@ -32,6 +32,7 @@ encodeFunctionData(functionFragment: 'reactivate', values: [AddressLike]): strin
 encodeFunctionData(functionFragment: 'register', values: [IParticipantRegistry.RegistrationStruct]): string;
 encodeFunctionData(functionFragment: 'registerBatch', values: [IParticipantRegistry.RegistrationStruct[]]): string;
 encodeFunctionData(functionFragment: 'setMeterKey', values: [AddressLike, AddressLike]): string;
+encodeFunctionData(functionFragment: 'signerOf', values: [AddressLike]): string;
 encodeFunctionData(functionFragment: 'slackUnit', values?: undefined): string;
 encodeFunctionData(functionFragment: 'suspend', values: [AddressLike]): string;
 
@@ -45,6 +46,7 @@ decodeFunctionResult(functionFragment: 'reactivate', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'register', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'registerBatch', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'setMeterKey', data: BytesLike): Result;
+decodeFunctionResult(functionFragment: 'signerOf', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'slackUnit', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'suspend', data: BytesLike): Result;
   }
@@ -212,6 +214,14 @@ decodeFunctionResult(functionFragment: 'suspend', data: BytesLike): Result;
     
 
     
+    signerOf: TypedContractMethod<
+      [account: AddressLike, ],
+      [[string, bigint, bigint] & {meterKey: string, kind: bigint, status: bigint }],
+      'view'
+    >
+    
+
+    
     slackUnit: TypedContractMethod<
       [],
       [string],
@@ -279,6 +289,11 @@ getFunction(nameOrSignature: 'setMeterKey'): TypedContractMethod<
       [account: AddressLike, newMeterKey: AddressLike, ],
       [void],
       'nonpayable'
+    >;
+getFunction(nameOrSignature: 'signerOf'): TypedContractMethod<
+      [account: AddressLike, ],
+      [[string, bigint, bigint] & {meterKey: string, kind: bigint, status: bigint }],
+      'view'
     >;
 getFunction(nameOrSignature: 'slackUnit'): TypedContractMethod<
       [],

@@ -18,7 +18,7 @@ export declare namespace IParticipantRegistry {
     }
 
   export interface ParticipantRegistryInterface extends Interface {
-    getFunction(nameOrSignature: "DEFAULT_ADMIN_ROLE" | "REGULATOR_ROLE" | "accountOfMeterId" | "accountOfMeterKey" | "getRoleAdmin" | "grantRole" | "hasRole" | "isActive" | "participant" | "participantAt" | "participantCount" | "reactivate" | "register" | "registerBatch" | "renounceRole" | "revokeRole" | "setMeterKey" | "slackUnit" | "supportsInterface" | "suspend"): FunctionFragment;
+    getFunction(nameOrSignature: "DEFAULT_ADMIN_ROLE" | "REGULATOR_ROLE" | "accountOfMeterId" | "accountOfMeterKey" | "getRoleAdmin" | "grantRole" | "hasRole" | "isActive" | "participant" | "participantAt" | "participantCount" | "reactivate" | "register" | "registerBatch" | "renounceRole" | "revokeRole" | "setMeterKey" | "signerOf" | "slackUnit" | "supportsInterface" | "suspend"): FunctionFragment;
 
     getEvent(nameOrSignatureOrTopic: "MeterKeyChanged" | "ParticipantReactivated" | "ParticipantRegistered" | "ParticipantSuspended" | "RoleAdminChanged" | "RoleGranted" | "RoleRevoked"): EventFragment;
 
@@ -39,6 +39,7 @@ encodeFunctionData(functionFragment: 'registerBatch', values: [IParticipantRegis
 encodeFunctionData(functionFragment: 'renounceRole', values: [BytesLike, AddressLike]): string;
 encodeFunctionData(functionFragment: 'revokeRole', values: [BytesLike, AddressLike]): string;
 encodeFunctionData(functionFragment: 'setMeterKey', values: [AddressLike, AddressLike]): string;
+encodeFunctionData(functionFragment: 'signerOf', values: [AddressLike]): string;
 encodeFunctionData(functionFragment: 'slackUnit', values?: undefined): string;
 encodeFunctionData(functionFragment: 'supportsInterface', values: [BytesLike]): string;
 encodeFunctionData(functionFragment: 'suspend', values: [AddressLike]): string;
@@ -60,6 +61,7 @@ decodeFunctionResult(functionFragment: 'registerBatch', data: BytesLike): Result
 decodeFunctionResult(functionFragment: 'renounceRole', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'revokeRole', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'setMeterKey', data: BytesLike): Result;
+decodeFunctionResult(functionFragment: 'signerOf', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'slackUnit', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'supportsInterface', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'suspend', data: BytesLike): Result;
@@ -320,6 +322,14 @@ decodeFunctionResult(functionFragment: 'suspend', data: BytesLike): Result;
     
 
     
+    signerOf: TypedContractMethod<
+      [account: AddressLike, ],
+      [[string, bigint, bigint] & {meterKey: string, kind: bigint, status: bigint }],
+      'view'
+    >
+    
+
+    
     slackUnit: TypedContractMethod<
       [],
       [string],
@@ -430,6 +440,11 @@ getFunction(nameOrSignature: 'setMeterKey'): TypedContractMethod<
       [account: AddressLike, newMeterKey: AddressLike, ],
       [void],
       'nonpayable'
+    >;
+getFunction(nameOrSignature: 'signerOf'): TypedContractMethod<
+      [account: AddressLike, ],
+      [[string, bigint, bigint] & {meterKey: string, kind: bigint, status: bigint }],
+      'view'
     >;
 getFunction(nameOrSignature: 'slackUnit'): TypedContractMethod<
       [],

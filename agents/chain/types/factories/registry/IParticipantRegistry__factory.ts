@@ -444,6 +444,35 @@
     "type": "function"
   },
   {
+    "inputs": [
+      {
+        "internalType": "address",
+        "name": "account",
+        "type": "address"
+      }
+    ],
+    "name": "signerOf",
+    "outputs": [
+      {
+        "internalType": "address",
+        "name": "meterKey",
+        "type": "address"
+      },
+      {
+        "internalType": "enum IParticipantRegistry.Kind",
+        "name": "kind",
+        "type": "uint8"
+      },
+      {
+        "internalType": "enum IParticipantRegistry.Status",
+        "name": "status",
+        "type": "uint8"
+      }
+    ],
+    "stateMutability": "view",
+    "type": "function"
+  },
+  {
     "inputs": [],
     "name": "slackUnit",
     "outputs": [

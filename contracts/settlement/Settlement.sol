@@ -1,0 +1,379 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.28;
+
+import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {IERC20Permit} from "@openzeppelin/contracts/token/ERC20/extensions/IERC20Permit.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {Math} from "@openzeppelin/contracts/utils/math/Math.sol";
+import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
+import {MeterLedger} from "../metering/MeterLedger.sol";
+import {IParticipantRegistry} from "../registry/IParticipantRegistry.sol";
+import {ISettlement} from "./ISettlement.sol";
+
+/**
+ * @title Settlement
+ * @notice Escrow of billing deposits, meter readings (via MeterLedger) and the settlement of
+ * every slot in energy tokens.
+ *
+ * @dev Pricing of a slot S (the seed rule, before the markets exist). Each reading gives a
+ * participant's net energy n = import - export in S. D is the sum of positive n (demand), U
+ * the sum of -n over negative n (supply). The local price is
+ *
+ *     p = feedIn + (retail - feedIn) * D / (D + U)      (midpoint when D + U = 0),
+ *
+ * rounded down: plenty of local supply pulls it to the feed-in price, scarcity to retail.
+ * Local energy, L = min(D, U), is shared pro rata: a buyer gets floor(n * L / D) Wh locally at
+ * p and the rest from the slack unit at `retailPrice`; a seller sells floor(-n * L / U) Wh
+ * locally at p and the rest to the slack unit at `feedInPrice`. Buyers' bills round up and
+ * sellers' revenues round down (token base units, prices per kWh, energy in Wh).
+ *
+ * Money: buyers pay from their deposit into the slot's pool; sellers are paid from the pool by
+ * an ERC-20 transfer. When every reading of S is billed the slot closes and the slack unit,
+ * the supplier and buyer of last resort, takes the pool's residual: what buyers paid for
+ * slack energy, minus what it owes sellers for their surplus, plus rounding dust. A negative
+ * residual comes out of the slack unit's deposit. So tokens are only ever moved, never made.
+ * A buyer whose deposit is short pays what it has; the shortfall is recorded as its debt, it
+ * is flagged (ParticipantInDebt), and since the slack unit's residual is smaller by exactly
+ * that much, the debt is owed to the slack unit: later deposits repay it there first.
+ *
+ * Energy: the slack unit supplied D - Lb and absorbed U - Lb, where Lb is the energy buyers
+ * bought locally; so D = U + supplied - absorbed exactly.
+ *
+ * Accounting identity, always: token.balanceOf(this) + badDebt == totalDeposits + openPool,
+ * where openPool is the sum of the pools of open slots (briefly negative while sellers are
+ * paid before the buyers of the same slot are billed) and badDebt is what the slack unit
+ * itself could not cover.
+ *
+ * Billing of S happens in one of two ways, whichever comes first, and never twice: the
+ * meter's next reading bills S on its way in (the common case, so one storage write per
+ * participant per slot does both), or anyone calls `settle(S, accounts)` after S's deadline.
+ */
+contract Settlement is ISettlement, MeterLedger, AccessControl {
+    using SafeERC20 for IERC20;
+    using SafeCast for uint256;
+
+    /// @notice Role allowed to set prices.
+    bytes32 public constant REGULATOR_ROLE = keccak256("REGULATOR_ROLE");
+    /// @notice Role of the master agent: may request readings, nothing that moves money.
+    bytes32 public constant MASTER_ROLE = keccak256("MASTER_ROLE");
+
+    /// @dev Two storage slots per market slot, shared by all its participants.
+    struct SlotState {
+        uint48 demandWh;
+        uint48 supplyWh;
+        uint48 localWh; // bought locally by buyers so far
+        uint32 readings;
+        uint32 billed;
+        bool priced;
+        bool closed;
+        uint64 price;
+        uint64 feedInPrice;
+        uint64 retailPrice;
+        int64 pool;
+    }
+
+    /// @notice The energy token.
+    IERC20 public immutable token;
+    /// @notice Price the slack unit pays for surplus energy; the floor of the local price (base units per kWh).
+    uint64 public feedInPrice;
+    /// @notice Price the slack unit charges; the cap of the local price (base units per kWh).
+    uint64 public retailPrice;
+    /// @notice Sum of all deposits.
+    uint256 public totalDeposits;
+    /// @notice Sum of the pools of open slots.
+    int256 public openPool;
+    /// @notice What the slack unit owed and could not pay (part of its debt).
+    uint256 public badDebt;
+
+    mapping(uint32 slot => SlotState) private _slots;
+    mapping(address account => uint256) private _debt;
+
+    /**
+     * @param token_ The energy token.
+     * @param registry_ The participant registry.
+     * @param admin Receives DEFAULT_ADMIN_ROLE, REGULATOR_ROLE and MASTER_ROLE.
+     * @param slotSeconds_ Slot length in seconds (900).
+     * @param readingWindow_ Seconds after a slot's end to submit its readings (less than a slot).
+     * @param feedInPrice_ Initial feed-in price, base units per kWh.
+     * @param retailPrice_ Initial retail price, base units per kWh.
+     */
+    constructor(
+        IERC20 token_,
+        IParticipantRegistry registry_,
+        address admin,
+        uint256 slotSeconds_,
+        uint256 readingWindow_,
+        uint256 feedInPrice_,
+        uint256 retailPrice_
+    ) MeterLedger(registry_, slotSeconds_, readingWindow_) EIP712("ProsumerMarket Settlement", "1") {
+        if (address(token_) == address(0) || address(registry_) == address(0) || admin == address(0)) {
+            revert SettlementZeroAddress();
+        }
+        token = token_;
+        _grantRole(DEFAULT_ADMIN_ROLE, admin);
+        _grantRole(REGULATOR_ROLE, admin);
+        _grantRole(MASTER_ROLE, admin);
+        _setPrices(feedInPrice_, retailPrice_);
+    }
+
+    // ---------------------------------------------------------------- deposits
+
+    /// @inheritdoc ISettlement
+    function deposit(uint256 amount) external {
+        _deposit(msg.sender, msg.sender, amount);
+    }
+
+    /// @inheritdoc ISettlement
+    function depositFor(address account, uint256 amount) external {
+        _deposit(account, msg.sender, amount);
+    }
+
+    /// @inheritdoc ISettlement
+    function depositWithPermit(uint256 amount, uint256 deadline, uint8 v, bytes32 r, bytes32 s) external {
+        // A permit front-run by someone else has already set the allowance: go on with it.
+        try IERC20Permit(address(token)).permit(msg.sender, address(this), amount, deadline, v, r, s) {} catch {}
+        _deposit(msg.sender, msg.sender, amount);
+    }
+
+    /// @inheritdoc ISettlement
+    function withdraw(uint256 amount) external {
+        if (amount == 0) revert SettlementZeroAmount();
+        Account memory a = _accounts[msg.sender];
+        uint32 pendingSlot = a.lastSlot;
+        bool billedNow = !a.billed && block.timestamp > readingDeadline(pendingSlot);
+        uint256 payout = billedNow ? _billPending(msg.sender, a) : 0;
+        uint256 free = _free(a);
+        if (amount > free) revert SettlementWithdrawExceedsFree(amount, free);
+        a.deposit -= uint64(amount);
+        totalDeposits -= amount;
+        _accounts[msg.sender] = a;
+        emit Withdrawn(msg.sender, amount);
+        if (billedNow) _afterBilling(msg.sender, pendingSlot, payout);
+        token.safeTransfer(msg.sender, amount);
+    }
+
+    // ---------------------------------------------------------------- settlement
+
+    /// @inheritdoc ISettlement
+    function settle(uint32 slot, address[] calldata accounts) external {
+        uint256 deadline = readingDeadline(slot);
+        if (block.timestamp <= deadline) revert SettlementSlotNotFinal(slot, deadline);
+        for (uint256 i = 0; i < accounts.length; ++i) {
+            address account = accounts[i];
+            Account memory a = _accounts[account];
+            if (a.lastSlot != slot || a.billed) continue; // not in this slot, or billed already
+            uint256 payout = _billPending(account, a);
+            _accounts[account] = a;
+            if (payout > 0) token.safeTransfer(account, payout);
+        }
+        _closeIfComplete(slot);
+    }
+
+    /// @inheritdoc ISettlement
+    function setPrices(uint256 feedInPrice_, uint256 retailPrice_) external onlyRole(REGULATOR_ROLE) {
+        _setPrices(feedInPrice_, retailPrice_);
+    }
+
+    /// @notice Emits ReadingsRequested for an ended `slot`. Only the master.
+    function requestReadings(uint32 slot) external onlyRole(MASTER_ROLE) {
+        uint256 endsAt = (uint256(slot) + 1) * slotSeconds;
+        if (block.timestamp < endsAt) revert ReadingSlotNotEnded(slot, endsAt);
+        emit ReadingsRequested(slot, readingDeadline(slot));
+    }
+
+    // ---------------------------------------------------------------- views
+
+    /// @inheritdoc ISettlement
+    function slotState(uint32 slot) external view returns (SlotView memory v) {
+        SlotState storage s = _slots[slot];
+        v = SlotView({
+            demandWh: s.demandWh,
+            supplyWh: s.supplyWh,
+            localWh: s.localWh,
+            readings: s.readings,
+            billed: s.billed,
+            priced: s.priced,
+            closed: s.closed,
+            price: s.price,
+            feedInPrice: s.feedInPrice,
+            retailPrice: s.retailPrice,
+            pool: s.pool
+        });
+    }
+
+    /// @inheritdoc ISettlement
+    function accountState(address account) external view returns (AccountView memory) {
+        Account storage a = _accounts[account];
+        return AccountView({
+            lastSlot: a.lastSlot,
+            billed: a.billed,
+            importWh: a.importWh,
+            exportWh: a.exportWh,
+            slotImportWh: a.slotImportWh,
+            slotExportWh: a.slotExportWh,
+            deposit: a.deposit,
+            debt: _debt[account]
+        });
+    }
+
+    /// @inheritdoc ISettlement
+    function withdrawable(address account) external view returns (uint256) {
+        return _free(_accounts[account]);
+    }
+
+    // ---------------------------------------------------------------- billing
+
+    /// @dev Reserves the worst case of an unbilled slot: all its net import at the retail price.
+    function _free(Account memory a) private view returns (uint256) {
+        uint256 reserve;
+        if (!a.billed && a.slotImportWh > a.slotExportWh) {
+            reserve = Math.ceilDiv(uint256(a.slotImportWh - a.slotExportWh) * retailPrice, 1000);
+        }
+        return a.deposit > reserve ? a.deposit - reserve : 0;
+    }
+
+    /// @inheritdoc MeterLedger
+    function _countReading(uint32 slot, uint256 importWh, uint256 exportWh) internal override {
+        SlotState storage s = _slots[slot];
+        if (importWh > exportWh) s.demandWh += uint48(importWh - exportWh);
+        else if (exportWh > importWh) s.supplyWh += uint48(exportWh - importWh);
+        s.readings += 1;
+    }
+
+    /// @inheritdoc MeterLedger
+    function _billPending(address account, Account memory a) internal override returns (uint256 payout) {
+        uint32 slot = a.lastSlot;
+        SlotState storage s = _slots[slot];
+        if (!s.priced) _price(slot, s);
+        uint256 demand = s.demandWh;
+        uint256 supply = s.supplyWh;
+        uint256 local = Math.min(demand, supply);
+        int256 net = int256(uint256(a.slotImportWh)) - int256(uint256(a.slotExportWh));
+        int256 amount;
+        uint256 shortfall;
+        if (net > 0) {
+            uint256 n = uint256(net);
+            uint256 localWh = n * local / demand;
+            uint256 cost = Math.ceilDiv(localWh * s.price + (n - localWh) * s.retailPrice, 1000);
+            uint256 paid = Math.min(cost, a.deposit);
+            a.deposit -= uint64(paid);
+            totalDeposits -= paid;
+            s.pool += int64(uint64(paid));
+            openPool += int256(paid);
+            s.localWh += uint48(localWh);
+            amount = int256(cost);
+            shortfall = cost - paid;
+            if (shortfall > 0) {
+                uint256 debt = _debt[account] + shortfall;
+                _debt[account] = debt;
+                emit ParticipantInDebt(account, slot, shortfall, debt);
+            }
+        } else if (net < 0) {
+            uint256 n = uint256(-net);
+            uint256 localWh = n * local / supply;
+            payout = (localWh * s.price + (n - localWh) * s.feedInPrice) / 1000;
+            s.pool -= int64(uint64(payout));
+            openPool -= int256(payout);
+            amount = -int256(payout);
+        }
+        s.billed += 1;
+        a.billed = true;
+        emit Billed(account, slot, net, amount, shortfall);
+    }
+
+    /// @inheritdoc MeterLedger
+    function _afterBilling(address account, uint32 slot, uint256 payout) internal override {
+        if (payout > 0) token.safeTransfer(account, payout);
+        _closeIfComplete(slot);
+    }
+
+    /// @dev Fixes a slot's prices from its final totals, at its first billing.
+    function _price(uint32 slot, SlotState storage s) private {
+        uint256 demand = s.demandWh;
+        uint256 supply = s.supplyWh;
+        uint256 feedIn = feedInPrice;
+        uint256 retail = retailPrice;
+        uint256 price = demand + supply == 0
+            ? (feedIn + retail) / 2
+            : feedIn + (retail - feedIn) * demand / (demand + supply);
+        s.priced = true;
+        s.price = uint64(price);
+        s.feedInPrice = uint64(feedIn);
+        s.retailPrice = uint64(retail);
+        emit SlotPriced(slot, price, demand, supply);
+    }
+
+    /// @dev Once every reading of `slot` is billed, settles the pool's residual with the slack unit.
+    function _closeIfComplete(uint32 slot) private {
+        SlotState storage s = _slots[slot];
+        if (s.closed || s.billed < s.readings || s.readings == 0) return;
+        address slack = registry.slackUnit();
+        if (slack == address(0)) revert SettlementNoSlackUnit();
+        int256 residual = s.pool;
+        uint256 localWh = s.localWh;
+        s.closed = true;
+        s.pool = 0;
+        openPool -= residual;
+        emit SlotClosed(slot, localWh, s.demandWh - localWh, s.supplyWh - localWh, residual);
+        if (residual > 0) {
+            token.safeTransfer(slack, uint256(residual));
+        } else if (residual < 0) {
+            uint256 owed = uint256(-residual);
+            Account storage sa = _accounts[slack];
+            uint256 paid = Math.min(owed, sa.deposit);
+            sa.deposit -= uint64(paid);
+            totalDeposits -= paid;
+            if (paid < owed) {
+                uint256 shortfall = owed - paid;
+                badDebt += shortfall;
+                uint256 debt = _debt[slack] + shortfall;
+                _debt[slack] = debt;
+                emit ParticipantInDebt(slack, slot, shortfall, debt);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- internals
+
+    function _deposit(address account, address from, uint256 amount) private {
+        if (amount == 0) revert SettlementZeroAmount();
+        if (registry.participant(account).status == IParticipantRegistry.Status.None) {
+            revert SettlementNotRegistered(account);
+        }
+        _credit(account, amount);
+        emit Deposited(account, from, amount);
+        token.safeTransferFrom(from, address(this), amount);
+    }
+
+    /// @dev Credits `amount` to `account`'s deposit, repaying its debt first: a participant's
+    /// debt to the slack unit's deposit, the slack unit's own uncovered debt to escrow.
+    function _credit(address account, uint256 amount) private {
+        uint256 debt = _debt[account];
+        if (debt > 0) {
+            uint256 repaid = Math.min(debt, amount);
+            _debt[account] = debt - repaid;
+            amount -= repaid;
+            emit DebtRepaid(account, repaid, debt - repaid);
+            address slack = registry.slackUnit();
+            if (account == slack) badDebt -= repaid;
+            else _credit(slack, repaid);
+        }
+        if (amount == 0) return;
+        Account storage a = _accounts[account];
+        uint256 balance = a.deposit + amount;
+        if (balance > type(uint64).max) revert SettlementDepositTooLarge(account, balance);
+        a.deposit = uint64(balance);
+        totalDeposits += amount;
+    }
+
+    function _setPrices(uint256 feedIn, uint256 retail) private {
+        if (feedIn == 0 || feedIn > retail || retail > uint256(uint64(type(int64).max))) {
+            revert SettlementBadPrices(feedIn, retail);
+        }
+        feedInPrice = uint64(feedIn);
+        retailPrice = uint64(retail);
+        emit PricesSet(feedIn, retail);
+    }
+}
