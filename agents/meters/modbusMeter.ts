@@ -79,9 +79,11 @@ function msbFirst(words: readonly number[], order: WordOrder): number[] {
  * kWh value keeps 1 Wh resolution only below 2^14 = 16384 kWh; above it the register
  * steps by 2 Wh, 4 Wh, ... (at 100 000 kWh by about 8 Wh). Rounding to float32 is
  * monotonic, so the register still never decreases, and energy between two coarse steps
- * is not lost but shows up in a later reading. The float is converted to Wh with exact
- * integer arithmetic (mantissa × 2^exponent × scale), since `Math.floor(kWh * 1000)` in
- * float64 can land one Wh low (e.g. 1.234 → 1233.9999).
+ * is not lost but shows up in a later reading. Few decimal kWh values are exact in
+ * float32 (1.234 kWh is stored as 1.23399997 kWh, so 1233 Wh): rounding down keeps every
+ * reading at or below the meter's own figure, and the next reading regains the fraction.
+ * The conversion uses exact integer arithmetic (mantissa × 2^exponent × scale), so that
+ * decimal scales of custom maps (e.g. 0.1 Wh per count) add no float64 rounding.
  */
 export function decodeEnergyWh(words: readonly number[], dataType: DataType, order: WordOrder, scale: Rational): bigint {
   const w = msbFirst(words, order);
@@ -406,6 +408,7 @@ export class ModbusMeter {
     let attempts = 0;
     let lastError: unknown = new Error("no attempt made");
     for (;;) {
+      if (this.closed) throw new MarketError("METER_CLOSED", `meter ${this.name}: client is closed`, { cause: lastError });
       const wait = this.nextAttemptAt - Date.now();
       if (wait > 0) {
         if (Date.now() + wait > deadline) {
