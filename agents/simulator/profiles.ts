@@ -438,6 +438,7 @@ export class HouseholdSimulator {
 
   evState(): { pluggedIn: boolean; deliveredWh: number; remainingWh: number; setpoint: EvSetpoint } | undefined {
     const ev = this.ev;
+    this.inputsFor(Math.floor(this.cursor / this.stepMs)); // enter the current interval: the car may just have arrived
     return ev === undefined ? undefined : { pluggedIn: ev.pluggedIn, deliveredWh: ev.deliveredWh, remainingWh: ev.remainingWh, setpoint: ev.setpoint };
   }
 
