@@ -384,6 +384,15 @@ export interface EnergyRegisters {
   exportWh: number;
 }
 
+/** Energy through each device since the start, behind the meter (AC side). */
+export interface EnergyFlows {
+  loadWh: number;
+  pvWh: number;
+  evWh: number;
+  batteryDischargeWh: number;
+  batteryChargeWh: number;
+}
+
 /**
  * Steps a household through time and accumulates its meter's import and export energy.
  *
@@ -400,6 +409,7 @@ export class HouseholdSimulator {
   private readonly ev: EvCharger | undefined;
   private importWh = 0;
   private exportWh = 0;
+  private readonly flowWh: EnergyFlows = { loadWh: 0, pvWh: 0, evWh: 0, batteryDischargeWh: 0, batteryChargeWh: 0 };
   private inputs: { interval: number; loadW: number; pvW: number } | undefined;
 
   constructor(
@@ -421,6 +431,10 @@ export class HouseholdSimulator {
 
   get registers(): EnergyRegisters {
     return { importWh: this.importWh, exportWh: this.exportWh };
+  }
+
+  get flows(): EnergyFlows {
+    return { ...this.flowWh };
   }
 
   get hasBattery(): boolean {
@@ -502,6 +516,12 @@ export class HouseholdSimulator {
       const dt = Math.min(remaining, evLimit, batteryLimit);
       if (p.netW > 0) this.importWh += (p.netW * dt) / 3600;
       else this.exportWh += (-p.netW * dt) / 3600;
+      const f = this.flowWh;
+      f.loadWh += (p.loadW * dt) / 3600;
+      f.pvWh += (p.pvW * dt) / 3600;
+      f.evWh += (p.evW * dt) / 3600;
+      if (p.batteryW > 0) f.batteryDischargeWh += (p.batteryW * dt) / 3600;
+      else f.batteryChargeWh += (-p.batteryW * dt) / 3600;
       this.ev?.apply(p.evW, dt, evLimit <= dt);
       this.battery?.apply(p.batteryW, dt, batteryLimit <= dt);
       remaining -= dt;
