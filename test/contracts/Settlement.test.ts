@@ -1,0 +1,773 @@
+import { expect } from "chai";
+import { network } from "hardhat";
+import { Settlement__factory } from "../../agents/chain/types/index.js";
+import { deployMarket, FEED_IN, Kind, ONE, RETAIL, type Market } from "./helpers/market.js";
+
+const { ethers, networkHelpers } = await network.create();
+
+/** Registers the meters start from, so that nothing depends on meters starting at zero. */
+const BASE_IMPORT = 50_000n;
+const BASE_EXPORT = 20_000n;
+const DEPOSIT = 100n * ONE;
+const SLACK_DEPOSIT = 500n * ONE;
+const INT64_MAX = 2n ** 63n - 1n;
+
+const PERMIT_TYPES = {
+  Permit: [
+    { name: "owner", type: "address" },
+    { name: "spender", type: "address" },
+    { name: "value", type: "uint256" },
+    { name: "nonce", type: "uint256" },
+    { name: "deadline", type: "uint256" },
+  ],
+};
+
+/** Alice and Dave (consumers), Bob and Carol (prosumers), each with 100 tokens deposited, and the slack unit with 500. */
+async function deploySettlement(): Promise<Market> {
+  return deployMarket(ethers, networkHelpers, {
+    participants: [
+      { name: "alice", kind: Kind.Consumer },
+      { name: "bob", kind: Kind.Prosumer },
+      { name: "carol", kind: Kind.Prosumer },
+      { name: "dave", kind: Kind.Consumer },
+      { name: "slack", kind: Kind.SlackUnit, deposit: SLACK_DEPOSIT },
+    ],
+  });
+}
+
+async function fixture() {
+  const market = await networkHelpers.loadFixture(deploySettlement);
+  const slot = await market.freshSlot();
+  const a = (name: string) => market.p(name).address;
+  return { market, settlement: market.settlement, token: market.token, slot, a };
+}
+
+/**
+ * Baseline readings in `slot` and, in slot + 1, readings that carry `energy` ([importWh, exportWh]
+ * per participant). Returns slot + 1, whose readings are now pending (not billed).
+ */
+async function meteredSlot(market: Market, slot: bigint, energy: Record<string, [bigint, bigint]>): Promise<bigint> {
+  const base: Record<string, [bigint, bigint]> = {};
+  const next: Record<string, [bigint, bigint]> = {};
+  for (const [name, [importWh, exportWh]] of Object.entries(energy)) {
+    base[name] = [BASE_IMPORT, BASE_EXPORT];
+    next[name] = [BASE_IMPORT + importWh, BASE_EXPORT + exportWh];
+  }
+  await market.readSlot(slot, base);
+  await market.readSlot(slot + 1n, next);
+  return slot + 1n;
+}
+
+async function signPermit(market: Market, name: string, value: bigint, deadline: bigint) {
+  const owner = market.p(name);
+  const nonce = await market.token.nonces(owner.address);
+  const domain = {
+    name: await market.token.name(),
+    version: "1",
+    chainId: market.chainId,
+    verifyingContract: await market.token.getAddress(),
+  };
+  const sig = await owner.signer.signTypedData(domain, PERMIT_TYPES, {
+    owner: owner.address,
+    spender: market.settlementAddress,
+    value,
+    nonce,
+    deadline,
+  });
+  return ethers.Signature.from(sig);
+}
+
+describe("Settlement", function () {
+  describe("deployment", function () {
+    it("stores the token, prices and roles", async function () {
+      const { market, settlement } = await fixture();
+      expect(await settlement.token()).to.equal(await market.token.getAddress());
+      expect(await settlement.feedInPrice()).to.equal(FEED_IN);
+      expect(await settlement.retailPrice()).to.equal(RETAIL);
+      for (const role of [await settlement.DEFAULT_ADMIN_ROLE(), await settlement.REGULATOR_ROLE(), await settlement.MASTER_ROLE()]) {
+        expect(await settlement.hasRole(role, market.admin.address)).to.equal(true);
+        expect(await settlement.hasRole(role, market.outsider.address)).to.equal(false);
+      }
+      expect(await settlement.totalDeposits()).to.equal(4n * DEPOSIT + SLACK_DEPOSIT);
+      expect(await settlement.openPool()).to.equal(0n);
+      expect(await settlement.badDebt()).to.equal(0n);
+      await market.expectIdentity();
+    });
+
+    it("refuses zero addresses and bad prices", async function () {
+      const { market } = await fixture();
+      const factory = new Settlement__factory(market.admin);
+      const token = await market.token.getAddress();
+      const registry = await market.registry.getAddress();
+      const admin = market.admin.address;
+      const zero = ethers.ZeroAddress;
+      for (const args of [
+        [zero, registry, admin],
+        [token, zero, admin],
+        [token, registry, zero],
+      ] as const) {
+        await expect(factory.deploy(...args, 900n, 300n, FEED_IN, RETAIL)).to.be.revertedWithCustomError(
+          factory,
+          "SettlementZeroAddress",
+        );
+      }
+      await expect(factory.deploy(token, registry, admin, 900n, 300n, 0n, RETAIL))
+        .to.be.revertedWithCustomError(factory, "SettlementBadPrices")
+        .withArgs(0n, RETAIL);
+      await expect(factory.deploy(token, registry, admin, 900n, 300n, RETAIL + 1n, RETAIL))
+        .to.be.revertedWithCustomError(factory, "SettlementBadPrices")
+        .withArgs(RETAIL + 1n, RETAIL);
+    });
+  });
+
+  describe("deposits", function () {
+    it("deposit moves tokens into escrow and credits the caller", async function () {
+      const { market, settlement, token, a } = await fixture();
+      const alice = market.p("alice");
+      const tx = settlement.connect(alice.signer).deposit(7n * ONE + 1n);
+      await expect(tx).to.emit(settlement, "Deposited").withArgs(alice.address, alice.address, 7n * ONE + 1n);
+      await expect(tx).to.changeTokenBalances(ethers, token, [alice.address, market.settlementAddress], [-(7n * ONE + 1n), 7n * ONE + 1n]);
+      expect((await settlement.accountState(a("alice"))).deposit).to.equal(DEPOSIT + 7n * ONE + 1n);
+      expect(await settlement.totalDeposits()).to.equal(5n * DEPOSIT + SLACK_DEPOSIT + 7n * ONE + 1n - DEPOSIT);
+      expect(await settlement.withdrawable(a("alice"))).to.equal(DEPOSIT + 7n * ONE + 1n);
+      await market.expectIdentity();
+      await market.expectDepositsSum();
+    });
+
+    it("depositFor credits the account and takes the tokens from the caller", async function () {
+      const { market, settlement, token, a } = await fixture();
+      await token.mint(market.outsider.address, 10n * ONE);
+      await token.connect(market.outsider).approve(market.settlementAddress, 10n * ONE);
+      const tx = settlement.connect(market.outsider).depositFor(a("bob"), 10n * ONE);
+      await expect(tx).to.emit(settlement, "Deposited").withArgs(a("bob"), market.outsider.address, 10n * ONE);
+      await expect(tx).to.changeTokenBalances(
+        ethers,
+        token,
+        [market.outsider.address, a("bob"), market.settlementAddress],
+        [-10n * ONE, 0n, 10n * ONE],
+      );
+      expect((await settlement.accountState(a("bob"))).deposit).to.equal(DEPOSIT + 10n * ONE);
+      expect((await settlement.accountState(market.outsider.address)).deposit).to.equal(0n);
+      await market.expectIdentity();
+    });
+
+    it("depositWithPermit deposits without a prior approve, with an EIP-2612 signature", async function () {
+      const { market, settlement, token, a } = await fixture();
+      const carol = market.p("carol");
+      await token.connect(carol.signer).approve(market.settlementAddress, 0n);
+      const deadline = BigInt(await networkHelpers.time.latest()) + 3600n;
+      const sig = await signPermit(market, "carol", 25n * ONE, deadline);
+      const nonce = await token.nonces(carol.address);
+      const tx = settlement.connect(carol.signer).depositWithPermit(25n * ONE, deadline, sig.v, sig.r, sig.s);
+      await expect(tx).to.emit(settlement, "Deposited").withArgs(carol.address, carol.address, 25n * ONE);
+      await expect(tx).to.changeTokenBalances(ethers, token, [carol.address, market.settlementAddress], [-25n * ONE, 25n * ONE]);
+      expect(await token.nonces(carol.address)).to.equal(nonce + 1n);
+      expect(await token.allowance(carol.address, market.settlementAddress)).to.equal(0n);
+      expect((await settlement.accountState(a("carol"))).deposit).to.equal(DEPOSIT + 25n * ONE);
+      await market.expectIdentity();
+    });
+
+    it("depositWithPermit still deposits when someone front-ran the permit", async function () {
+      const { market, settlement, token } = await fixture();
+      const carol = market.p("carol");
+      await token.connect(carol.signer).approve(market.settlementAddress, 0n);
+      const deadline = BigInt(await networkHelpers.time.latest()) + 3600n;
+      const sig = await signPermit(market, "carol", 3n * ONE, deadline);
+      await token
+        .connect(market.outsider)
+        .permit(carol.address, market.settlementAddress, 3n * ONE, deadline, sig.v, sig.r, sig.s);
+      await expect(settlement.connect(carol.signer).depositWithPermit(3n * ONE, deadline, sig.v, sig.r, sig.s))
+        .to.emit(settlement, "Deposited")
+        .withArgs(carol.address, carol.address, 3n * ONE);
+      // A bad permit without an allowance cannot deposit.
+      const bad = await signPermit(market, "carol", 1n * ONE, deadline);
+      await expect(
+        settlement.connect(carol.signer).depositWithPermit(2n * ONE, deadline, bad.v, bad.r, bad.s),
+      ).to.be.revertedWithCustomError(token, "ERC20InsufficientAllowance");
+    });
+
+    it("refuses zero amounts (SettlementZeroAmount)", async function () {
+      const { market, settlement, a } = await fixture();
+      const alice = market.p("alice");
+      await expect(settlement.connect(alice.signer).deposit(0n)).to.be.revertedWithCustomError(settlement, "SettlementZeroAmount");
+      await expect(settlement.connect(alice.signer).depositFor(a("bob"), 0n)).to.be.revertedWithCustomError(
+        settlement,
+        "SettlementZeroAmount",
+      );
+      await expect(
+        settlement.connect(alice.signer).depositWithPermit(0n, 0n, 27, ethers.ZeroHash, ethers.ZeroHash),
+      ).to.be.revertedWithCustomError(settlement, "SettlementZeroAmount");
+      await expect(settlement.connect(alice.signer).withdraw(0n)).to.be.revertedWithCustomError(settlement, "SettlementZeroAmount");
+    });
+
+    it("refuses deposits for accounts that are not registered (SettlementNotRegistered)", async function () {
+      const { market, settlement, token } = await fixture();
+      const outsider = market.outsider;
+      await token.mint(outsider.address, ONE);
+      await token.connect(outsider).approve(market.settlementAddress, ONE);
+      await expect(settlement.connect(outsider).deposit(ONE))
+        .to.be.revertedWithCustomError(settlement, "SettlementNotRegistered")
+        .withArgs(outsider.address);
+      await expect(settlement.connect(market.p("alice").signer).depositFor(outsider.address, ONE))
+        .to.be.revertedWithCustomError(settlement, "SettlementNotRegistered")
+        .withArgs(outsider.address);
+    });
+
+    it("accepts deposits of a suspended participant", async function () {
+      const { market, settlement, a } = await fixture();
+      await market.registry.suspend(a("alice"));
+      await expect(settlement.connect(market.p("alice").signer).deposit(ONE)).to.emit(settlement, "Deposited");
+    });
+
+    it("refuses a deposit beyond the 64-bit deposit field (SettlementDepositTooLarge)", async function () {
+      const { market, settlement, token, a } = await fixture();
+      const huge = 2n ** 64n;
+      await token.mint(a("alice"), huge);
+      await expect(settlement.connect(market.p("alice").signer).deposit(huge - DEPOSIT))
+        .to.be.revertedWithCustomError(settlement, "SettlementDepositTooLarge")
+        .withArgs(a("alice"), huge);
+      await settlement.connect(market.p("alice").signer).deposit(huge - 1n - DEPOSIT);
+      expect((await settlement.accountState(a("alice"))).deposit).to.equal(huge - 1n);
+      await market.expectIdentity();
+    });
+  });
+
+  describe("withdraw", function () {
+    it("pays out free deposit", async function () {
+      const { market, settlement, token, a } = await fixture();
+      const alice = market.p("alice");
+      const tx = settlement.connect(alice.signer).withdraw(40n * ONE);
+      await expect(tx).to.emit(settlement, "Withdrawn").withArgs(alice.address, 40n * ONE);
+      await expect(tx).to.changeTokenBalances(ethers, token, [alice.address, market.settlementAddress], [40n * ONE, -40n * ONE]);
+      expect((await settlement.accountState(a("alice"))).deposit).to.equal(DEPOSIT - 40n * ONE);
+      await expect(settlement.connect(alice.signer).withdraw(DEPOSIT - 40n * ONE + 1n))
+        .to.be.revertedWithCustomError(settlement, "SettlementWithdrawExceedsFree")
+        .withArgs(DEPOSIT - 40n * ONE + 1n, DEPOSIT - 40n * ONE);
+      await settlement.connect(alice.signer).withdraw(DEPOSIT - 40n * ONE);
+      expect((await settlement.accountState(a("alice"))).deposit).to.equal(0n);
+      await market.expectIdentity();
+      await market.expectDepositsSum();
+    });
+
+    it("keeps the worst case of an unbilled slot (all net import at retail) in reserve", async function () {
+      const { market, settlement, slot, a } = await fixture();
+      const alice = market.p("alice");
+      // Alice imports 1_001 Wh: reserve ceil(1_001 * 300_000 / 1000) = 300_300.
+      const T = await meteredSlot(market, slot, { alice: [1_101n, 100n], bob: [0n, 3_000n] });
+      const free = DEPOSIT - 300_300n;
+      expect(await settlement.withdrawable(a("alice"))).to.equal(free);
+      // A seller's pending slot reserves nothing.
+      expect(await settlement.withdrawable(a("bob"))).to.equal(DEPOSIT);
+      await expect(settlement.connect(alice.signer).withdraw(free + 1n))
+        .to.be.revertedWithCustomError(settlement, "SettlementWithdrawExceedsFree")
+        .withArgs(free + 1n, free);
+      // Before the deadline the withdrawal bills nothing.
+      const partial = settlement.connect(alice.signer).withdraw(free);
+      await expect(partial).to.emit(settlement, "Withdrawn").withArgs(alice.address, free);
+      await expect(partial).not.to.emit(settlement, "Billed");
+      expect((await settlement.accountState(a("alice"))).deposit).to.equal(300_300n);
+      expect(await settlement.withdrawable(a("alice"))).to.equal(0n);
+      await market.expectIdentity();
+
+      // The reserve covers the bill, so nothing is owed. Surplus slot: p = 50_000 + 250_000 * 1_001 / 4_001 = 112_546.
+      await market.afterDeadline(T);
+      await expect(settlement.settle(T, [a("alice"), a("bob")]))
+        .to.emit(settlement, "Billed")
+        .withArgs(a("alice"), T, 1_001n, 112_659n, 0n); // ceil(1_001 * 112_546 / 1000)
+      expect((await settlement.accountState(a("alice"))).deposit).to.equal(300_300n - 112_659n);
+      expect((await settlement.accountState(a("alice"))).debt).to.equal(0n);
+      await market.expectIdentity();
+    });
+
+    it("after the deadline bills the pending slot first, then frees what is left", async function () {
+      const { market, settlement, token, slot, a } = await fixture();
+      const alice = market.p("alice");
+      const bob = market.p("bob");
+      // Surplus: alice +1_000, bob -3_000: p = 112_500, alice pays 112_500, bob gets 212_500.
+      const T = await meteredSlot(market, slot, { alice: [1_000n, 0n], bob: [0n, 3_000n] });
+      await market.afterDeadline(T);
+      const free = DEPOSIT - 112_500n;
+      await expect(settlement.connect(alice.signer).withdraw(free + 1n))
+        .to.be.revertedWithCustomError(settlement, "SettlementWithdrawExceedsFree")
+        .withArgs(free + 1n, free);
+      const tx = settlement.connect(alice.signer).withdraw(free);
+      await expect(tx).to.emit(settlement, "SlotPriced").withArgs(T, 112_500n, 1_000n, 3_000n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(alice.address, T, 1_000n, 112_500n, 0n);
+      await expect(tx).to.emit(settlement, "Withdrawn").withArgs(alice.address, free);
+      await expect(tx).not.to.emit(settlement, "SlotClosed"); // bob is not billed yet
+      await expect(tx).to.changeTokenBalances(ethers, token, [alice.address], [free]);
+      expect((await settlement.accountState(a("alice"))).deposit).to.equal(0n);
+      expect((await settlement.slotState(T)).pool).to.equal(112_500n);
+      await market.expectIdentity();
+
+      // Bob's withdrawal bills him, pays him by transfer and closes the slot.
+      const tx2 = settlement.connect(bob.signer).withdraw(ONE);
+      await expect(tx2).to.emit(settlement, "Billed").withArgs(bob.address, T, -3_000n, -212_500n, 0n);
+      await expect(tx2).to.emit(settlement, "SlotClosed").withArgs(T, 1_000n, 0n, 2_000n, -100_000n);
+      await expect(tx2).to.changeTokenBalances(ethers, token, [bob.address], [212_500n + ONE]);
+      await market.expectIdentity();
+      await market.expectDepositsSum();
+    });
+  });
+
+  describe("pricing and pro-rata shares", function () {
+    it("surplus: the price falls toward feed-in, the slack unit buys the rest at feed-in", async function () {
+      const { market, settlement, token, slot, a } = await fixture();
+      const T = await meteredSlot(market, slot, { alice: [1_000n, 0n], bob: [0n, 3_000n] });
+      // D = 1_000, U = 3_000: p = 50_000 + 250_000 * 1_000 / 4_000 = 112_500; L = 1_000.
+      // alice: 1_000 local at p = 112_500. bob: 1_000 at p + 2_000 at 50_000 = 212_500.
+      await market.afterDeadline(T);
+      const tx = settlement.settle(T, [a("alice"), a("bob")]);
+      await expect(tx).to.emit(settlement, "SlotPriced").withArgs(T, 112_500n, 1_000n, 3_000n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, 1_000n, 112_500n, 0n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -3_000n, -212_500n, 0n);
+      await expect(tx).to.emit(token, "Transfer").withArgs(market.settlementAddress, a("bob"), 212_500n);
+      // Residual -100_000 comes out of the slack unit's deposit; it supplied 0 and absorbed 2_000 Wh.
+      await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 1_000n, 0n, 2_000n, -100_000n);
+      await expect(tx).to.changeTokenBalances(
+        ethers,
+        token,
+        [a("alice"), a("bob"), a("slack"), market.settlementAddress],
+        [0n, 212_500n, 0n, -212_500n],
+      );
+      expect((await settlement.accountState(a("alice"))).deposit).to.equal(DEPOSIT - 112_500n);
+      expect((await settlement.accountState(a("bob"))).deposit).to.equal(DEPOSIT);
+      expect((await settlement.accountState(a("slack"))).deposit).to.equal(SLACK_DEPOSIT - 100_000n);
+      const s = await settlement.slotState(T);
+      expect([s.priced, s.closed, s.price, s.feedInPrice, s.retailPrice, s.pool]).to.deep.equal([
+        true,
+        true,
+        112_500n,
+        FEED_IN,
+        RETAIL,
+        0n,
+      ]);
+      expect([s.readings, s.billed, s.localWh]).to.deep.equal([2n, 2n, 1_000n]);
+      expect(await settlement.openPool()).to.equal(0n);
+      await market.expectIdentity();
+      await market.expectDepositsSum();
+    });
+
+    it("scarcity: the price rises toward retail, the slack unit sells the rest at retail", async function () {
+      const { market, settlement, token, slot, a } = await fixture();
+      const T = await meteredSlot(market, slot, { alice: [3_000n, 0n], bob: [0n, 1_000n] });
+      // D = 3_000, U = 1_000: p = 50_000 + 250_000 * 3_000 / 4_000 = 237_500; L = 1_000.
+      // alice: 1_000 at p + 2_000 at 300_000 = 837_500. bob: 1_000 at p = 237_500.
+      await market.afterDeadline(T);
+      const tx = settlement.settle(T, [a("bob"), a("alice")]); // the seller first: the pool goes negative on the way
+      await expect(tx).to.emit(settlement, "SlotPriced").withArgs(T, 237_500n, 3_000n, 1_000n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, 3_000n, 837_500n, 0n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -1_000n, -237_500n, 0n);
+      // Residual +600_000 (2_000 Wh sold by the slack unit at retail) is transferred to the slack unit.
+      await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 1_000n, 2_000n, 0n, 600_000n);
+      await expect(tx).to.emit(token, "Transfer").withArgs(market.settlementAddress, a("slack"), 600_000n);
+      await expect(tx).to.changeTokenBalances(
+        ethers,
+        token,
+        [a("bob"), a("slack"), market.settlementAddress],
+        [237_500n, 600_000n, -837_500n],
+      );
+      expect((await settlement.accountState(a("alice"))).deposit).to.equal(DEPOSIT - 837_500n);
+      expect((await settlement.accountState(a("slack"))).deposit).to.equal(SLACK_DEPOSIT);
+      await market.expectIdentity();
+    });
+
+    it("balanced: everything is traded locally at the midpoint price, nothing goes to the slack unit", async function () {
+      const { market, settlement, token, slot, a } = await fixture();
+      const T = await meteredSlot(market, slot, { alice: [2_500n, 500n], bob: [100n, 2_100n] });
+      // D = U = 2_000: p = 50_000 + 250_000 / 2 = 175_000.
+      await market.afterDeadline(T);
+      const tx = settlement.settle(T, [a("alice"), a("bob")]);
+      await expect(tx).to.emit(settlement, "SlotPriced").withArgs(T, 175_000n, 2_000n, 2_000n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, 2_000n, 350_000n, 0n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -2_000n, -350_000n, 0n);
+      await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 2_000n, 0n, 0n, 0n);
+      await expect(tx).to.changeTokenBalances(ethers, token, [a("slack"), market.settlementAddress], [0n, -350_000n]);
+      expect((await settlement.accountState(a("slack"))).deposit).to.equal(SLACK_DEPOSIT);
+      await market.expectIdentity();
+    });
+
+    it("no net energy (D + U = 0): the midpoint price and zero bills", async function () {
+      const { market, settlement, token, slot, a } = await fixture();
+      const T = await meteredSlot(market, slot, { alice: [700n, 700n], bob: [0n, 0n] });
+      await market.afterDeadline(T);
+      const tx = settlement.settle(T, [a("alice"), a("bob")]);
+      await expect(tx).to.emit(settlement, "SlotPriced").withArgs(T, 175_000n, 0n, 0n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, 0n, 0n, 0n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, 0n, 0n, 0n);
+      await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 0n, 0n, 0n, 0n);
+      await expect(tx).not.to.emit(token, "Transfer");
+      await market.expectIdentity();
+    });
+
+    it("surplus with several buyers and sellers: pro-rata shares, buyers round up, sellers round down", async function () {
+      const { market, settlement, token, slot, a } = await fixture();
+      const T = await meteredSlot(market, slot, {
+        alice: [333n, 0n],
+        dave: [667n, 0n],
+        bob: [0n, 2_001n],
+        carol: [3n, 10n],
+      });
+      // D = 1_000, U = 2_008: p = 50_000 + floor(250_000 * 1_000 / 3_008) = 133_111; L = 1_000.
+      // alice: 333 local, ceil(333 * 133_111 / 1000) = ceil(44_325.963) = 44_326.
+      // dave: 667 local, ceil(88_785.037) = 88_786.
+      // bob: floor(2_001 * 1_000 / 2_008) = 996 local; floor((996 * 133_111 + 1_005 * 50_000) / 1000) = 182_828.
+      // carol: floor(7_000 / 2_008) = 3 local; floor((3 * 133_111 + 4 * 50_000) / 1000) = 599.
+      // Residual: 44_326 + 88_786 - 182_828 - 599 = -50_315.
+      await market.afterDeadline(T);
+      const tx = settlement.settle(T, [a("carol"), a("alice"), a("bob"), a("dave")]);
+      await expect(tx).to.emit(settlement, "SlotPriced").withArgs(T, 133_111n, 1_000n, 2_008n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, 333n, 44_326n, 0n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("dave"), T, 667n, 88_786n, 0n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -2_001n, -182_828n, 0n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("carol"), T, -7n, -599n, 0n);
+      await expect(tx).to.emit(token, "Transfer").withArgs(market.settlementAddress, a("bob"), 182_828n);
+      await expect(tx).to.emit(token, "Transfer").withArgs(market.settlementAddress, a("carol"), 599n);
+      await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 1_000n, 0n, 1_008n, -50_315n);
+      await expect(tx).to.changeTokenBalances(
+        ethers,
+        token,
+        [a("alice"), a("dave"), a("bob"), a("carol"), a("slack"), market.settlementAddress],
+        [0n, 0n, 182_828n, 599n, 0n, -183_427n],
+      );
+      expect((await settlement.accountState(a("alice"))).deposit).to.equal(DEPOSIT - 44_326n);
+      expect((await settlement.accountState(a("dave"))).deposit).to.equal(DEPOSIT - 88_786n);
+      expect((await settlement.accountState(a("slack"))).deposit).to.equal(SLACK_DEPOSIT - 50_315n);
+      await market.expectIdentity();
+      await market.expectDepositsSum();
+    });
+
+    it("scarcity with several buyers: local shares round down, the rest at retail, bills round up", async function () {
+      const { market, settlement, token, slot, a } = await fixture();
+      const T = await meteredSlot(market, slot, { alice: [1_001n, 0n], dave: [1_999n, 0n], bob: [0n, 1_500n] });
+      // D = 3_000, U = 1_500: p = 50_000 + floor(250_000 * 3_000 / 4_500) = 216_666; L = 1_500.
+      // alice: floor(1_001 * 1_500 / 3_000) = 500 local: ceil((500 * 216_666 + 501 * 300_000) / 1000) = 258_633.
+      // dave: floor(1_999 / 2) = 999 local: ceil((999 * 216_666 + 1_000 * 300_000) / 1000) = ceil(516_449.334) = 516_450.
+      // bob: all 1_500 local: floor(1_500 * 216_666 / 1000) = 324_999.
+      // Buyers bought 1_499 Wh locally: the slack unit supplied 1_501 and absorbed 1 (rounding), and
+      // D = U + supplied - absorbed: 3_000 = 1_500 + 1_501 - 1. Residual 258_633 + 516_450 - 324_999 = 450_084.
+      await market.afterDeadline(T);
+      const tx = settlement.settle(T, [a("alice"), a("bob"), a("dave")]);
+      await expect(tx).to.emit(settlement, "SlotPriced").withArgs(T, 216_666n, 3_000n, 1_500n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, 1_001n, 258_633n, 0n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("dave"), T, 1_999n, 516_450n, 0n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -1_500n, -324_999n, 0n);
+      await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 1_499n, 1_501n, 1n, 450_084n);
+      await expect(tx).to.changeTokenBalances(
+        ethers,
+        token,
+        [a("bob"), a("slack"), market.settlementAddress],
+        [324_999n, 450_084n, -775_083n],
+      );
+      await market.expectIdentity();
+    });
+
+    it("prices a slot at its first billing and keeps that price for its later bills", async function () {
+      const { market, settlement, slot, a } = await fixture();
+      const T = await meteredSlot(market, slot, { alice: [1_000n, 0n], bob: [0n, 3_000n] });
+      await market.afterDeadline(T);
+      await expect(settlement.settle(T, [a("alice")]))
+        .to.emit(settlement, "SlotPriced")
+        .withArgs(T, 112_500n, 1_000n, 3_000n);
+      await settlement.setPrices(100_000n, 200_000n);
+      const tx = settlement.settle(T, [a("bob")]);
+      await expect(tx).not.to.emit(settlement, "SlotPriced");
+      // Still 1_000 at 112_500 and 2_000 at the slot's feed-in price 50_000.
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -3_000n, -212_500n, 0n);
+      const s = await settlement.slotState(T);
+      expect([s.price, s.feedInPrice, s.retailPrice]).to.deep.equal([112_500n, FEED_IN, RETAIL]);
+    });
+
+    it("prices a slot with the prices in force at its first billing", async function () {
+      const { market, settlement, slot, a } = await fixture();
+      const T = await meteredSlot(market, slot, { alice: [1_000n, 0n], bob: [0n, 3_000n] });
+      await settlement.setPrices(100_000n, 200_000n);
+      await market.afterDeadline(T);
+      // p = 100_000 + 100_000 * 1_000 / 4_000 = 125_000; bob: 1_000 * 125_000 + 2_000 * 100_000 = 325_000.
+      const tx = settlement.settle(T, [a("alice"), a("bob")]);
+      await expect(tx).to.emit(settlement, "SlotPriced").withArgs(T, 125_000n, 1_000n, 3_000n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, 1_000n, 125_000n, 0n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -3_000n, -325_000n, 0n);
+      await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 1_000n, 0n, 2_000n, -200_000n);
+    });
+  });
+
+  describe("billing paths", function () {
+    it("bills a slot lazily when the meter's next reading arrives, and closes it with the last one", async function () {
+      const { market, settlement, token, slot, a } = await fixture();
+      const T = await meteredSlot(market, slot, { alice: [3_000n, 0n], bob: [0n, 1_000n] });
+      // Alice's next reading bills her slot T on its way in.
+      const first = market.readSlot(T + 1n, { alice: [BASE_IMPORT + 3_500n, BASE_EXPORT] });
+      await expect(first).to.emit(settlement, "SlotPriced").withArgs(T, 237_500n, 3_000n, 1_000n);
+      await expect(first).to.emit(settlement, "Billed").withArgs(a("alice"), T, 3_000n, 837_500n, 0n);
+      await expect(first).to.emit(settlement, "ReadingRecorded").withArgs(a("alice"), T + 1n, BASE_IMPORT + 3_500n, BASE_EXPORT, 500n, 0n);
+      await expect(first).not.to.emit(settlement, "SlotClosed");
+      let s = await settlement.slotState(T);
+      expect([s.readings, s.billed, s.closed, s.pool]).to.deep.equal([2n, 1n, false, 837_500n]);
+      expect(await settlement.openPool()).to.equal(837_500n);
+      await market.expectIdentity();
+
+      // Bob's next reading (a slot later: he missed T + 1) bills him and closes T.
+      const second = market.readSlot(T + 2n, { bob: [BASE_IMPORT, BASE_EXPORT + 2_400n] });
+      await expect(second).to.emit(settlement, "Billed").withArgs(a("bob"), T, -1_000n, -237_500n, 0n);
+      await expect(second).to.emit(settlement, "SlotClosed").withArgs(T, 1_000n, 2_000n, 0n, 600_000n);
+      await expect(second).to.changeTokenBalances(ethers, token, [a("bob"), a("slack")], [237_500n, 600_000n]);
+      s = await settlement.slotState(T);
+      expect([s.billed, s.closed, s.pool]).to.deep.equal([2n, true, 0n]);
+      expect((await settlement.accountState(a("bob"))).slotExportWh).to.equal(1_400n);
+      await market.expectIdentity();
+    });
+
+    it("settle refuses a slot before its reading deadline (SettlementSlotNotFinal)", async function () {
+      const { market, settlement, slot, a } = await fixture();
+      const T = await meteredSlot(market, slot, { alice: [1_000n, 0n] });
+      await market.at(market.deadline(T));
+      await expect(settlement.settle(T, [a("alice")]))
+        .to.be.revertedWithCustomError(settlement, "SettlementSlotNotFinal")
+        .withArgs(T, market.deadline(T));
+      await expect(settlement.settle(T + 1n, [a("alice")]))
+        .to.be.revertedWithCustomError(settlement, "SettlementSlotNotFinal")
+        .withArgs(T + 1n, market.deadline(T + 1n));
+      expect((await settlement.slotState(T)).billed).to.equal(0n);
+    });
+
+    it("settle by anyone bills only the listed accounts that are pending in that slot", async function () {
+      const { market, settlement, slot, a } = await fixture();
+      const T = await meteredSlot(market, slot, { alice: [1_000n, 0n], bob: [0n, 3_000n], carol: [10n, 0n] });
+      await market.afterDeadline(T);
+      // Dave has no reading in T; the outsider is no participant; alice is listed twice.
+      const tx = settlement
+        .connect(market.outsider)
+        .settle(T, [a("dave"), market.outsider.address, a("alice"), a("alice"), a("bob")]);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, 1_000n, anyCost(), 0n);
+      const receipt = await (await tx).wait();
+      expect(market.events(receipt, "Billed").map((e) => e.args.account)).to.deep.equal([a("alice"), a("bob")]);
+      expect(market.events(receipt, "SlotClosed")).to.have.length(0); // carol is still pending
+      const s = await settlement.slotState(T);
+      expect([s.readings, s.billed, s.closed]).to.deep.equal([3n, 2n, false]);
+      await expect(settlement.settle(T, [a("carol")])).to.emit(settlement, "SlotClosed");
+      await market.expectIdentity();
+    });
+
+    it("settling twice changes nothing", async function () {
+      const { market, settlement, token, slot, a } = await fixture();
+      const T = await meteredSlot(market, slot, { alice: [3_000n, 0n], bob: [0n, 1_000n] });
+      await market.afterDeadline(T);
+      const accounts = [a("alice"), a("bob")];
+      await settlement.settle(T, accounts);
+      const stateOf = async () =>
+        JSON.stringify(
+          [
+            await settlement.slotState(T),
+            await Promise.all(market.addresses().map((x) => settlement.accountState(x))),
+            await Promise.all(market.addresses().map((x) => token.balanceOf(x))),
+            await settlement.totalDeposits(),
+            await settlement.openPool(),
+            await token.balanceOf(market.settlementAddress),
+          ],
+          (_k, v) => (typeof v === "bigint" ? v.toString() : v),
+        );
+      const before = await stateOf();
+      const again = settlement.settle(T, accounts);
+      await expect(again).not.to.emit(settlement, "Billed");
+      await expect(again).not.to.emit(settlement, "SlotClosed");
+      await expect(again).not.to.emit(token, "Transfer");
+      expect(await stateOf()).to.equal(before);
+      // A repeated reading after billing does not bill again either.
+      await expect(market.readSlot(T + 1n, { alice: [BASE_IMPORT + 3_000n, BASE_EXPORT] })).not.to.emit(settlement, "Billed");
+      await market.expectIdentity();
+    });
+
+    it("a slot closes only when all of its readings are billed, with an empty settle as well", async function () {
+      const { market, settlement, slot, a } = await fixture();
+      const T = await meteredSlot(market, slot, { alice: [1_000n, 0n], bob: [0n, 3_000n] });
+      await market.afterDeadline(T);
+      await expect(settlement.settle(T, [])).not.to.emit(settlement, "SlotClosed");
+      await settlement.settle(T, [a("alice")]);
+      await settlement.settle(T, [a("bob")]);
+      expect((await settlement.slotState(T)).closed).to.equal(true);
+      await expect(settlement.settle(T, [])).not.to.emit(settlement, "SlotClosed");
+      // A slot without readings never closes and never pays the slack unit.
+      await expect(settlement.settle(T - 5n, [])).not.to.emit(settlement, "SlotClosed");
+    });
+
+    it("a slot cannot close without a slack unit (SettlementNoSlackUnit)", async function () {
+      const market = await deployMarket(ethers, networkHelpers, {
+        participants: [
+          { name: "alice", kind: Kind.Consumer },
+          { name: "bob", kind: Kind.Prosumer },
+        ],
+      });
+      const slot = await market.freshSlot();
+      const T = await meteredSlot(market, slot, { alice: [1_000n, 0n], bob: [0n, 3_000n] });
+      await market.afterDeadline(T);
+      await expect(market.settlement.settle(T, [market.p("alice").address, market.p("bob").address])).to.be.revertedWithCustomError(
+        market.settlement,
+        "SettlementNoSlackUnit",
+      );
+    });
+  });
+
+  describe("debt", function () {
+    it("a buyer who cannot pay pays what it has, is flagged, and owes the rest; totals balance", async function () {
+      const { market, settlement, token, slot, a } = await fixture();
+      const dave = market.p("dave");
+      await settlement.connect(dave.signer).withdraw(DEPOSIT - 100_000n); // keeps 0.1 token
+      const T = await meteredSlot(market, slot, { dave: [3_000n, 0n], bob: [0n, 1_000n] });
+      // Scarcity as above: dave's bill is 837_500, he has 100_000: shortfall 737_500.
+      await market.afterDeadline(T);
+      const tx = settlement.settle(T, [a("dave"), a("bob")]);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("dave"), T, 3_000n, 837_500n, 737_500n);
+      await expect(tx).to.emit(settlement, "ParticipantInDebt").withArgs(a("dave"), T, 737_500n, 737_500n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -1_000n, -237_500n, 0n);
+      // The slack unit's residual is smaller by the shortfall: 100_000 - 237_500 = -137_500.
+      await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 1_000n, 2_000n, 0n, -137_500n);
+      await expect(tx).to.changeTokenBalances(ethers, token, [a("bob"), a("slack")], [237_500n, 0n]);
+      const state = await settlement.accountState(a("dave"));
+      expect([state.deposit, state.debt]).to.deep.equal([0n, 737_500n]);
+      expect((await settlement.accountState(a("slack"))).deposit).to.equal(SLACK_DEPOSIT - 137_500n);
+      expect(await settlement.badDebt()).to.equal(0n);
+      await market.expectIdentity();
+      await market.expectDepositsSum();
+
+      // Debt accumulates over slots.
+      // Next slot: dave +1_000, bob -1_000: p = 175_000, dave owes 175_000 more.
+      const next = market.readSlot(T + 1n, {
+        dave: [BASE_IMPORT + 4_000n, BASE_EXPORT],
+        bob: [BASE_IMPORT, BASE_EXPORT + 2_000n],
+      });
+      await expect(next).not.to.emit(settlement, "ParticipantInDebt"); // T is billed already
+      await market.afterDeadline(T + 1n);
+      const tx2 = settlement.settle(T + 1n, [a("dave"), a("bob")]);
+      await expect(tx2).to.emit(settlement, "Billed").withArgs(a("dave"), T + 1n, 1_000n, 175_000n, 175_000n);
+      await expect(tx2).to.emit(settlement, "ParticipantInDebt").withArgs(a("dave"), T + 1n, 175_000n, 912_500n);
+      expect((await settlement.accountState(a("dave"))).debt).to.equal(912_500n);
+      await market.expectIdentity();
+    });
+
+    it("later deposits repay the debt to the slack unit first (DebtRepaid), partially or fully", async function () {
+      const { market, settlement, token, slot, a } = await fixture();
+      const dave = market.p("dave");
+      await settlement.connect(dave.signer).withdraw(DEPOSIT - 100_000n);
+      const T = await meteredSlot(market, slot, { dave: [3_000n, 0n], bob: [0n, 1_000n] });
+      await market.afterDeadline(T);
+      await settlement.settle(T, [a("dave"), a("bob")]);
+      const slackBefore = (await settlement.accountState(a("slack"))).deposit;
+
+      const partial = settlement.connect(dave.signer).deposit(500_000n);
+      await expect(partial).to.emit(settlement, "DebtRepaid").withArgs(a("dave"), 500_000n, 237_500n);
+      await expect(partial).to.emit(settlement, "Deposited").withArgs(a("dave"), a("dave"), 500_000n);
+      await expect(partial).to.changeTokenBalances(ethers, token, [a("dave"), market.settlementAddress], [-500_000n, 500_000n]);
+      expect((await settlement.accountState(a("dave"))).deposit).to.equal(0n);
+      expect((await settlement.accountState(a("dave"))).debt).to.equal(237_500n);
+      expect((await settlement.accountState(a("slack"))).deposit).to.equal(slackBefore + 500_000n);
+      await market.expectIdentity();
+
+      // Someone else pays the rest for dave, and more.
+      const full = settlement.connect(market.p("alice").signer).depositFor(a("dave"), ONE);
+      await expect(full).to.emit(settlement, "DebtRepaid").withArgs(a("dave"), 237_500n, 0n);
+      expect((await settlement.accountState(a("dave"))).deposit).to.equal(ONE - 237_500n);
+      expect((await settlement.accountState(a("dave"))).debt).to.equal(0n);
+      // In the end the slack unit got exactly what a fully paid bill would have left it: +600_000.
+      expect((await settlement.accountState(a("slack"))).deposit).to.equal(SLACK_DEPOSIT + 600_000n);
+      await expect(settlement.connect(dave.signer).deposit(1n)).not.to.emit(settlement, "DebtRepaid");
+      await market.expectIdentity();
+      await market.expectDepositsSum();
+    });
+
+    it("a slack unit that cannot cover a negative residual is flagged and the escrow records bad debt", async function () {
+      const { market, settlement, slot, a } = await fixture();
+      const slack = market.p("slack");
+      await settlement.connect(slack.signer).withdraw(SLACK_DEPOSIT - 10_000n);
+      const T = await meteredSlot(market, slot, { alice: [1_000n, 0n], bob: [0n, 3_000n] });
+      await market.afterDeadline(T);
+      // Residual -100_000; the slack unit has 10_000: 90_000 uncovered.
+      const tx = settlement.settle(T, [a("alice"), a("bob")]);
+      await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 1_000n, 0n, 2_000n, -100_000n);
+      await expect(tx).to.emit(settlement, "ParticipantInDebt").withArgs(a("slack"), T, 90_000n, 90_000n);
+      expect(await settlement.badDebt()).to.equal(90_000n);
+      const s = await settlement.accountState(a("slack"));
+      expect([s.deposit, s.debt]).to.deep.equal([0n, 90_000n]);
+      await market.expectIdentity();
+      await market.expectDepositsSum();
+
+      // The slack unit's next deposit repays the bad debt into escrow.
+      await market.token.mint(market.admin.address, ONE);
+      await market.token.approve(market.settlementAddress, ONE);
+      await expect(settlement.depositFor(a("slack"), 100_000n))
+        .to.emit(settlement, "DebtRepaid")
+        .withArgs(a("slack"), 90_000n, 0n);
+      expect(await settlement.badDebt()).to.equal(0n);
+      expect((await settlement.accountState(a("slack"))).deposit).to.equal(10_000n);
+      await market.expectIdentity();
+    });
+
+    it("a buyer's repayment goes to the slack unit's bad debt first", async function () {
+      const { market, settlement, slot, a } = await fixture();
+      const slack = market.p("slack");
+      const dave = market.p("dave");
+      await settlement.connect(slack.signer).withdraw(SLACK_DEPOSIT);
+      await settlement.connect(dave.signer).withdraw(DEPOSIT);
+      // dave buys 1_000 with nothing deposited, bob sells 3_000: p = 112_500.
+      const T = await meteredSlot(market, slot, { dave: [1_000n, 0n], bob: [0n, 3_000n] });
+      await market.afterDeadline(T);
+      const tx = settlement.settle(T, [a("bob"), a("dave")]);
+      await expect(tx).to.emit(settlement, "ParticipantInDebt").withArgs(a("dave"), T, 112_500n, 112_500n);
+      // Residual -212_500 (nothing paid in, bob paid out), none of it covered by the slack unit.
+      await expect(tx).to.emit(settlement, "ParticipantInDebt").withArgs(a("slack"), T, 212_500n, 212_500n);
+      expect(await settlement.badDebt()).to.equal(212_500n);
+      await market.expectIdentity();
+
+      const repay = settlement.connect(dave.signer).deposit(ONE);
+      await expect(repay).to.emit(settlement, "DebtRepaid").withArgs(a("dave"), 112_500n, 0n);
+      await expect(repay).to.emit(settlement, "DebtRepaid").withArgs(a("slack"), 112_500n, 100_000n);
+      expect(await settlement.badDebt()).to.equal(100_000n);
+      expect((await settlement.accountState(a("slack"))).deposit).to.equal(0n);
+      expect((await settlement.accountState(a("dave"))).deposit).to.equal(ONE - 112_500n);
+      await market.expectIdentity();
+      await market.expectDepositsSum();
+    });
+  });
+
+  describe("setPrices", function () {
+    it("lets the regulator set prices and emits PricesSet", async function () {
+      const { settlement } = await fixture();
+      await expect(settlement.setPrices(40_000n, 400_000n)).to.emit(settlement, "PricesSet").withArgs(40_000n, 400_000n);
+      expect(await settlement.feedInPrice()).to.equal(40_000n);
+      expect(await settlement.retailPrice()).to.equal(400_000n);
+      // Equal prices and the largest allowed retail price are fine.
+      await settlement.setPrices(1n, 1n);
+      await settlement.setPrices(INT64_MAX, INT64_MAX);
+      expect(await settlement.retailPrice()).to.equal(INT64_MAX);
+    });
+
+    it("is only for REGULATOR_ROLE", async function () {
+      const { market, settlement } = await fixture();
+      const REGULATOR_ROLE = await settlement.REGULATOR_ROLE();
+      await expect(settlement.connect(market.outsider).setPrices(1n, 2n))
+        .to.be.revertedWithCustomError(settlement, "AccessControlUnauthorizedAccount")
+        .withArgs(market.outsider.address, REGULATOR_ROLE);
+      await settlement.grantRole(REGULATOR_ROLE, market.outsider.address);
+      await expect(settlement.connect(market.outsider).setPrices(1n, 2n)).to.emit(settlement, "PricesSet");
+    });
+
+    it("refuses a zero feed-in price, feed-in above retail and retail beyond int64 (SettlementBadPrices)", async function () {
+      const { settlement } = await fixture();
+      for (const [f, r] of [
+        [0n, 1n],
+        [0n, 0n],
+        [2n, 1n],
+        [1n, INT64_MAX + 1n],
+        [INT64_MAX + 1n, INT64_MAX + 1n],
+      ] as const) {
+        await expect(settlement.setPrices(f, r)).to.be.revertedWithCustomError(settlement, "SettlementBadPrices").withArgs(f, r);
+      }
+      expect(await settlement.feedInPrice()).to.equal(FEED_IN);
+      expect(await settlement.retailPrice()).to.equal(RETAIL);
+    });
+  });
+});
+
+function anyCost() {
+  return (x: bigint) => typeof x === "bigint" && x > 0n;
+}
