@@ -1,6 +1,7 @@
 import { buildModule } from "@nomicfoundation/hardhat-ignition/modules";
 import EnergyTokenModule from "./EnergyToken.js";
 import ParticipantRegistryModule from "./ParticipantRegistry.js";
+import SettlementModule from "./Settlement.js";
 
 /**
  * The whole market: deploy this one. Each concern has its own module (and so its own
@@ -15,6 +16,7 @@ import ParticipantRegistryModule from "./ParticipantRegistry.js";
 export default buildModule("MarketModule", (m) => {
   const { energyToken } = m.useModule(EnergyTokenModule);
   const { participantRegistry } = m.useModule(ParticipantRegistryModule);
+  const { settlement } = m.useModule(SettlementModule);
 
-  return { energyToken, participantRegistry };
+  return { energyToken, participantRegistry, settlement };
 });

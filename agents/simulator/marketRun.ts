@@ -1,0 +1,236 @@
+import { mkdirSync, rmSync } from "node:fs";
+import path from "node:path";
+import { encodeBytes32String, HDNodeWallet, Signature, Wallet, parseEther, parseUnits, type JsonRpcProvider } from "ethers";
+import { SimClock, slotAt, slotStartMs } from "../clock.js";
+import { readDeployedAddresses } from "../chain/deployment.js";
+import { distribute } from "../chain/distribution.js";
+import { deployMarket, localNodeAccount, startLocalNode, type LocalNode } from "../chain/localNode.js";
+import { connectMarket, openProvider, type MarketContracts } from "../chain/market.js";
+import type { ParticipantKind, ParticipantSpec } from "../chain/participants.js";
+import { Settlement__factory, type Settlement } from "../chain/types/index.js";
+import { silentLogger, type Logger } from "../log.js";
+import { MasterAgent, type MasterState, type SlotReport } from "../master/masterAgent.js";
+import { ReadingInbox } from "../master/readingInbox.js";
+import { MeterAgent, type MeterAgentState } from "../meter-agent/meterAgent.js";
+import { JsonStore } from "../meter-agent/store.js";
+import { ModbusMeter } from "../meters/modbusMeter.js";
+import { SDM630 } from "../meters/registerMaps.js";
+import type { HouseholdKind } from "./profiles.js";
+import { defaultNeighbourhood, startMeterServers, type NeighbourhoodMember, type RunningMeter } from "./neighbourhood.js";
+
+const TOKEN = (tokens: string): bigint => parseUnits(tokens, 6);
+
+/** How each simulated household kind is registered. */
+const REGISTRY_KIND: Record<HouseholdKind, ParticipantKind> = {
+  consumer: "consumer",
+  pvProsumer: "prosumer",
+  batteryProsumer: "storage",
+  evOwner: "flexibleLoad",
+  producer: "producer",
+  slackUnit: "slackUnit",
+};
+
+export interface Household {
+  member: NeighbourhoodMember;
+  account: string;
+  wallet: Wallet;
+  meterKey: HDNodeWallet;
+}
+
+export interface SimulatedMarketOptions {
+  /** Midnight UTC of the simulated day; it must lie after the node's clock (default: next 21 June). */
+  day?: Date;
+  /** Slots to run from midnight (96 = a day). */
+  slots?: number;
+  seed?: number;
+  /** Where agents keep their state (default .demo/state, wiped first). */
+  stateDir?: string;
+  /** Agents' structured logs (default: dropped). */
+  logger?: Logger;
+  /** Called with each settled slot's report. */
+  onSlot?: (report: SlotReport) => void;
+  onProgress?: (message: string) => void;
+  /** Tokens minted to each household and deposited into escrow. */
+  mintTokens?: string;
+  depositTokens?: string;
+}
+
+export interface SimulatedMarketResult {
+  households: Household[];
+  reports: SlotReport[];
+  market: MarketContracts;
+  settlement: Settlement;
+}
+
+/**
+ * Runs the market on a local chain with simulated meters: a `hardhat node`, the Market
+ * module deployed with Ignition, the default neighbourhood registered and funded, one Modbus
+ * TCP meter server and one meter agent per household, and the master. A SimClock drives the
+ * meters and agents, and the chain's clock is moved with it, so a day takes about a minute.
+ * `use` runs while everything is up; it all shuts down afterwards, whatever happens.
+ */
+export async function withSimulatedMarket<T>(
+  options: SimulatedMarketOptions,
+  use: (run: () => Promise<SimulatedMarketResult>) => Promise<T>,
+): Promise<T> {
+  const progress = options.onProgress ?? (() => {});
+  const logger = options.logger ?? silentLogger;
+  const cleanups: Array<() => Promise<void> | void> = [];
+  try {
+    progress("starting a local hardhat node");
+    const node: LocalNode = await startLocalNode();
+    cleanups.push(() => node.stop());
+    progress(`node at ${node.url}; deploying the Market module with Ignition`);
+    const deployment = await deployMarket(node.url);
+    cleanups.push(() => deployment.remove());
+    const provider: JsonRpcProvider = await openProvider(node.url, { pollingIntervalMs: 50 });
+    cleanups.push(() => provider.destroy());
+    const admin = new Wallet(localNodeAccount(0).privateKey, provider);
+    const market = await connectMarket({ rpcUrl: node.url, addresses: deployment.addresses, signer: admin, provider });
+    const settlementAddress = readDeployedAddresses(deployment.deploymentDir)["SettlementModule#Settlement"]!;
+    const settlement = Settlement__factory.connect(settlementAddress, admin);
+
+    const members = defaultNeighbourhood(options.seed ?? 1);
+    const households: Household[] = members.map((member, i) => ({
+      member,
+      account: localNodeAccount(i + 1).address,
+      wallet: new Wallet(localNodeAccount(i + 1).privateKey, provider),
+      meterKey: HDNodeWallet.fromPhrase("test test test test test test test test test test test junk", undefined, `m/44'/60'/1'/0/${i}`).connect(provider),
+    }));
+    progress(`registering and funding ${households.length} participants`);
+    await distribute(market, households.map((h) => spec(h, options.mintTokens ?? "100")));
+    for (const h of households) await (await admin.sendTransaction({ to: h.meterKey.address, value: parseEther("1") })).wait();
+    await depositAll(settlement, market, households, options.depositTokens ?? "60");
+
+    const run = async (): Promise<SimulatedMarketResult> => {
+      const slotSeconds = Number(await settlement.slotSeconds());
+      const firstDay = options.day ?? nextMidsummer(await chainTimeMs(provider));
+      const daySlot = slotAt(firstDay.getTime(), slotSeconds);
+      const clock = new SimClock(slotStartMs(daySlot - 1, slotSeconds));
+      await setChainTime(provider, clock.now());
+
+      const stateDir = options.stateDir ?? path.join(".demo", "state");
+      rmSync(stateDir, { recursive: true, force: true });
+      mkdirSync(stateDir, { recursive: true });
+      const meters: RunningMeter[] = await startMeterServers(members, clock);
+      cleanups.push(() => Promise.all(meters.map((m) => m.server.close())).then(() => {}));
+      const inbox = new ReadingInbox(logger);
+      const inboxUrl = await inbox.listen();
+      cleanups.push(() => inbox.close());
+
+      const agents: MeterAgent[] = [];
+      for (const m of meters) {
+        const h = households.find((x) => x.member.id === m.member.id)!;
+        const meter = new ModbusMeter({ connection: { kind: "tcp", host: "127.0.0.1", port: m.server.port, unitId: 1 }, map: SDM630, clock, logger });
+        cleanups.push(() => meter.close());
+        const agent = new MeterAgent({
+          account: h.account,
+          meterKey: h.meterKey as unknown as Wallet,
+          settlement: Settlement__factory.connect(settlementAddress, h.meterKey),
+          meter,
+          store: new JsonStore<MeterAgentState>(path.join(stateDir, `${m.member.id}.json`)),
+          clock,
+          logger: (r) => logger({ ...r, agent: m.member.id }),
+          masterUrl: inboxUrl,
+          selfSubmitAfterMs: 240_000,
+          captureLagMs: 60_000,
+        });
+        await agent.init();
+        agents.push(agent);
+      }
+      // The agents run on their own, as on a Pi, only with a fast poll.
+      const timer = setInterval(() => agents.forEach((a) => void a.tick()), 40);
+      cleanups.push(() => clearInterval(timer));
+
+      const master = new MasterAgent({
+        settlement,
+        registry: market.participantRegistry,
+        inbox,
+        store: new JsonStore<MasterState>(path.join(stateDir, "master.json")),
+        clock,
+        logger: (r) => logger({ ...r, agent: "master" }),
+        collectTimeoutMs: 5_000,
+      });
+      await master.init();
+
+      const reports: SlotReport[] = [];
+      const record = (r: SlotReport | undefined): void => {
+        if (r === undefined || r.slot < daySlot) return; // the slot before the day only sets baselines
+        reports.push(r);
+        options.onSlot?.(r);
+      };
+      const slots = options.slots ?? 96;
+      const lastSlot = daySlot + slots - 1;
+      for (let slot = daySlot - 1; slot <= lastSlot; slot++) {
+        clock.set(slotStartMs(slot + 1, slotSeconds));
+        await setChainTime(provider, clock.now());
+        record(await master.handleSlotEnd(slot));
+      }
+      // The last slot has no next reading to bill it: settle it once its window has passed.
+      clock.set(slotStartMs(lastSlot + 1, slotSeconds) + Number(await settlement.readingWindow()) * 1000 + 1000);
+      await setChainTime(provider, clock.now());
+      record(await master.settleSlot(lastSlot));
+      clearInterval(timer);
+      return { households, reports, market, settlement };
+    };
+    return await use(run);
+  } finally {
+    for (const cleanup of cleanups.reverse()) {
+      try {
+        await cleanup();
+      } catch {
+        // Shutting down: the next cleanup still runs.
+      }
+    }
+  }
+}
+
+function spec(h: Household, tokens: string): ParticipantSpec {
+  const slack = h.member.kind === "slackUnit";
+  return {
+    account: h.account,
+    meterId: encodeBytes32String(h.member.id),
+    meterKey: h.meterKey.address,
+    kind: REGISTRY_KIND[h.member.kind],
+    amount: TOKEN(slack ? "10000" : tokens),
+  };
+}
+
+/** Every household deposits into escrow with an EIP-2612 permit: one transaction, no approve. */
+async function depositAll(settlement: Settlement, market: MarketContracts, households: Household[], tokens: string): Promise<void> {
+  const token = market.energyToken;
+  const [name, chainId, tokenAddress, spender] = await Promise.all([token.name(), market.provider.getNetwork().then((n) => n.chainId), token.getAddress(), settlement.getAddress()]);
+  for (const h of households) {
+    const value = TOKEN(h.member.kind === "slackUnit" ? "5000" : tokens);
+    const nonce = await token.nonces(h.account);
+    const deadline = BigInt(Math.floor(Date.now() / 1000) + 10 * 365 * 86400);
+    const sig = await h.wallet.signTypedData(
+      { name, version: "1", chainId, verifyingContract: tokenAddress },
+      { Permit: [{ name: "owner", type: "address" }, { name: "spender", type: "address" }, { name: "value", type: "uint256" }, { name: "nonce", type: "uint256" }, { name: "deadline", type: "uint256" }] },
+      { owner: h.account, spender, value, nonce, deadline },
+    );
+    const { v, r, s } = Signature.from(sig);
+    await (await settlement.connect(h.wallet).depositWithPermit(value, deadline, v, r, s)).wait();
+  }
+}
+
+async function chainTimeMs(provider: JsonRpcProvider): Promise<number> {
+  const block = await provider.getBlock("latest");
+  return Number(block!.timestamp) * 1000;
+}
+
+/** Moves the chain's clock to `ms` (it only goes forward) and mines a block there. */
+export async function setChainTime(provider: JsonRpcProvider, ms: number): Promise<void> {
+  const target = Math.floor(ms / 1000);
+  if (target * 1000 <= (await chainTimeMs(provider))) return;
+  await provider.send("evm_setNextBlockTimestamp", [target]);
+  await provider.send("evm_mine", []);
+}
+
+/** Midnight UTC of the next 21 June after `ms`: a long sunny day shows local trade best. */
+export function nextMidsummer(ms: number): Date {
+  const now = new Date(ms);
+  let year = now.getUTCFullYear();
+  if (ms >= Date.UTC(year, 5, 20)) year += 1;
+  return new Date(Date.UTC(year, 5, 21));
+}
