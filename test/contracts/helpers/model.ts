@@ -1,0 +1,367 @@
+/**
+ * A reference model of the Settlement contract, written from its NatSpec (pricing, pro-rata
+ * shares, rounding, lazy billing, slot closing with the slack unit, debt and bad debt), for the
+ * randomized property test. It keeps its own copy of every account, slot, total and token
+ * balance, predicts the events and reverts of each call, and the test compares the chain with it
+ * after every step.
+ *
+ * Every operation works on a copy (`clone`) so that a predicted revert leaves the model as it was,
+ * just as a reverted transaction leaves the chain.
+ */
+
+export interface ModelAccount {
+  lastSlot: bigint;
+  billed: boolean;
+  importWh: bigint;
+  exportWh: bigint;
+  slotImportWh: bigint;
+  slotExportWh: bigint;
+  deposit: bigint;
+  debt: bigint;
+}
+
+export interface ModelSlot {
+  demandWh: bigint;
+  supplyWh: bigint;
+  localWh: bigint;
+  readings: bigint;
+  billed: bigint;
+  priced: boolean;
+  closed: boolean;
+  price: bigint;
+  feedInPrice: bigint;
+  retailPrice: bigint;
+  pool: bigint;
+}
+
+export interface ModelEvent {
+  name: string;
+  args: (bigint | string | boolean)[];
+}
+
+/** A call the model predicts to revert with custom error `error(args)`. */
+export class ModelRevert extends Error {
+  constructor(
+    readonly error: string,
+    readonly args: (bigint | string)[],
+  ) {
+    super(`${error}(${args.join(", ")})`);
+  }
+}
+
+const UINT40_MAX = 2n ** 40n - 1n;
+const UINT32_MAX = 2n ** 32n - 1n;
+const UINT64_MAX = 2n ** 64n - 1n;
+
+function ceilDiv(a: bigint, b: bigint): bigint {
+  return (a + b - 1n) / b;
+}
+
+function min(a: bigint, b: bigint): bigint {
+  return a < b ? a : b;
+}
+
+function emptyAccount(): ModelAccount {
+  return { lastSlot: 0n, billed: false, importWh: 0n, exportWh: 0n, slotImportWh: 0n, slotExportWh: 0n, deposit: 0n, debt: 0n };
+}
+
+function emptySlot(): ModelSlot {
+  return {
+    demandWh: 0n,
+    supplyWh: 0n,
+    localWh: 0n,
+    readings: 0n,
+    billed: 0n,
+    priced: false,
+    closed: false,
+    price: 0n,
+    feedInPrice: 0n,
+    retailPrice: 0n,
+    pool: 0n,
+  };
+}
+
+export class SettlementModel {
+  accounts = new Map<string, ModelAccount>();
+  slots = new Map<bigint, ModelSlot>();
+  /** Token balances of every wallet the test watches, the settlement's included. */
+  balances = new Map<string, bigint>();
+  totalDeposits = 0n;
+  openPool = 0n;
+  badDebt = 0n;
+  /** Events of the current operation. */
+  events: ModelEvent[] = [];
+
+  constructor(
+    readonly settlement: string,
+    readonly slack: string,
+    readonly registered: Set<string>,
+    readonly slotSeconds: bigint,
+    readonly readingWindow: bigint,
+    public feedInPrice: bigint,
+    public retailPrice: bigint,
+  ) {}
+
+  clone(): SettlementModel {
+    const c = new SettlementModel(
+      this.settlement,
+      this.slack,
+      this.registered,
+      this.slotSeconds,
+      this.readingWindow,
+      this.feedInPrice,
+      this.retailPrice,
+    );
+    for (const [k, v] of this.accounts) c.accounts.set(k, { ...v });
+    for (const [k, v] of this.slots) c.slots.set(k, { ...v });
+    for (const [k, v] of this.balances) c.balances.set(k, v);
+    c.totalDeposits = this.totalDeposits;
+    c.openPool = this.openPool;
+    c.badDebt = this.badDebt;
+    return c;
+  }
+
+  account(address: string): ModelAccount {
+    let a = this.accounts.get(address);
+    if (a === undefined) {
+      a = emptyAccount();
+      this.accounts.set(address, a);
+    }
+    return a;
+  }
+
+  slot(slot: bigint): ModelSlot {
+    let s = this.slots.get(slot);
+    if (s === undefined) {
+      s = emptySlot();
+      this.slots.set(slot, s);
+    }
+    return s;
+  }
+
+  balance(address: string): bigint {
+    return this.balances.get(address) ?? 0n;
+  }
+
+  deadline(slot: bigint): bigint {
+    return (slot + 1n) * this.slotSeconds + this.readingWindow;
+  }
+
+  /** What `account` may withdraw: the deposit less the worst case of its unbilled slot at retail. */
+  free(address: string): bigint {
+    const a = this.account(address);
+    let reserve = 0n;
+    if (!a.billed && a.slotImportWh > a.slotExportWh) {
+      reserve = ceilDiv((a.slotImportWh - a.slotExportWh) * this.retailPrice, 1000n);
+    }
+    return a.deposit > reserve ? a.deposit - reserve : 0n;
+  }
+
+  // ------------------------------------------------------------------ token
+
+  mint(to: string, amount: bigint): void {
+    this.balances.set(to, this.balance(to) + amount);
+  }
+
+  private transfer(from: string, to: string, amount: bigint): void {
+    const have = this.balance(from);
+    if (have < amount) throw new ModelRevert("ERC20InsufficientBalance", [from, have, amount]);
+    this.balances.set(from, have - amount);
+    this.balances.set(to, this.balance(to) + amount);
+  }
+
+  // ------------------------------------------------------------------ operations
+
+  setPrices(feedIn: bigint, retail: bigint): void {
+    if (feedIn === 0n || feedIn > retail || retail > 2n ** 63n - 1n) {
+      throw new ModelRevert("SettlementBadPrices", [feedIn, retail]);
+    }
+    this.feedInPrice = feedIn;
+    this.retailPrice = retail;
+    this.events.push({ name: "PricesSet", args: [feedIn, retail] });
+  }
+
+  deposit(account: string, from: string, amount: bigint): void {
+    if (amount === 0n) throw new ModelRevert("SettlementZeroAmount", []);
+    if (!this.registered.has(account)) throw new ModelRevert("SettlementNotRegistered", [account]);
+    this.credit(account, amount);
+    this.events.push({ name: "Deposited", args: [account, from, amount] });
+    this.transfer(from, this.settlement, amount);
+  }
+
+  /** Credits a deposit, repaying debt first: a participant's to the slack unit, the slack unit's to escrow. */
+  private credit(account: string, amount: bigint): void {
+    const a = this.account(account);
+    if (a.debt > 0n) {
+      const repaid = min(a.debt, amount);
+      a.debt -= repaid;
+      amount -= repaid;
+      this.events.push({ name: "DebtRepaid", args: [account, repaid, a.debt] });
+      if (account === this.slack) this.badDebt -= repaid;
+      else this.credit(this.slack, repaid);
+    }
+    if (amount === 0n) return;
+    if (a.deposit + amount > UINT64_MAX) throw new ModelRevert("SettlementDepositTooLarge", [account, a.deposit + amount]);
+    a.deposit += amount;
+    this.totalDeposits += amount;
+  }
+
+  withdraw(account: string, amount: bigint, now: bigint): void {
+    if (amount === 0n) throw new ModelRevert("SettlementZeroAmount", []);
+    const a = this.account(account);
+    const pending = a.lastSlot;
+    // A meter with no reading has nothing pending (see the "accounts without a reading" tests).
+    const billNow = a.lastSlot !== 0n && !a.billed && now > this.deadline(pending);
+    const payout = billNow ? this.bill(account) : 0n;
+    const free = this.free(account);
+    if (amount > free) throw new ModelRevert("SettlementWithdrawExceedsFree", [amount, free]);
+    a.deposit -= amount;
+    this.totalDeposits -= amount;
+    this.events.push({ name: "Withdrawn", args: [account, amount] });
+    if (billNow) {
+      if (payout > 0n) this.transfer(this.settlement, account, payout);
+      this.closeIfComplete(pending);
+    }
+    this.transfer(this.settlement, account, amount);
+  }
+
+  /** Records a reading already known to be validly signed by an active, non-slack participant. */
+  record(account: string, slot: bigint, importWh: bigint, exportWh: bigint, now: bigint): "recorded" | "noop" {
+    const endsAt = (slot + 1n) * this.slotSeconds;
+    if (now < endsAt) throw new ModelRevert("ReadingSlotNotEnded", [slot, endsAt]);
+    if (now > endsAt + this.readingWindow) throw new ModelRevert("ReadingTooLate", [slot, endsAt + this.readingWindow]);
+    const a = this.account(account);
+    const baseline = a.lastSlot === 0n;
+    if (!baseline) {
+      if (slot === a.lastSlot) {
+        if (importWh === a.importWh && exportWh === a.exportWh) return "noop";
+        throw new ModelRevert("ReadingConflict", [slot, a.importWh, a.exportWh]);
+      }
+      if (slot < a.lastSlot) throw new ModelRevert("ReadingSlotBeforeLast", [slot, a.lastSlot]);
+      if (importWh < a.importWh || exportWh < a.exportWh) {
+        throw new ModelRevert("ReadingRegisterDecreased", [slot, importWh, exportWh, a.importWh, a.exportWh]);
+      }
+    }
+    if (importWh > UINT40_MAX || exportWh > UINT40_MAX) throw new ModelRevert("ReadingOutOfRange", [slot]);
+    const importDelta = baseline ? 0n : importWh - a.importWh;
+    const exportDelta = baseline ? 0n : exportWh - a.exportWh;
+    if (importDelta > UINT32_MAX || exportDelta > UINT32_MAX) throw new ModelRevert("ReadingOutOfRange", [slot]);
+
+    const billedSlot = a.lastSlot;
+    const billNow = !baseline && !a.billed;
+    const payout = billNow ? this.bill(account) : 0n;
+    a.lastSlot = slot;
+    a.billed = baseline;
+    a.importWh = importWh;
+    a.exportWh = exportWh;
+    a.slotImportWh = importDelta;
+    a.slotExportWh = exportDelta;
+    if (!baseline) {
+      const s = this.slot(slot);
+      if (importDelta > exportDelta) s.demandWh += importDelta - exportDelta;
+      else if (exportDelta > importDelta) s.supplyWh += exportDelta - importDelta;
+      s.readings += 1n;
+    }
+    this.events.push({ name: "ReadingRecorded", args: [account, slot, importWh, exportWh, importDelta, exportDelta] });
+    if (billNow) {
+      if (payout > 0n) this.transfer(this.settlement, account, payout);
+      this.closeIfComplete(billedSlot);
+    }
+    return "recorded";
+  }
+
+  settle(slot: bigint, accounts: string[], now: bigint): void {
+    const deadline = this.deadline(slot);
+    if (now <= deadline) throw new ModelRevert("SettlementSlotNotFinal", [slot, deadline]);
+    for (const account of accounts) {
+      const a = this.account(account);
+      if (a.lastSlot !== slot || a.billed) continue;
+      const payout = this.bill(account);
+      if (payout > 0n) this.transfer(this.settlement, account, payout);
+    }
+    this.closeIfComplete(slot);
+  }
+
+  /** Bills `account`'s pending slot; returns the payout to transfer to it. */
+  private bill(account: string): bigint {
+    const a = this.account(account);
+    const slot = a.lastSlot;
+    const s = this.slot(slot);
+    if (!s.priced) this.price(slot, s);
+    const demand = s.demandWh;
+    const supply = s.supplyWh;
+    const local = min(demand, supply);
+    const net = a.slotImportWh - a.slotExportWh;
+    let amount = 0n;
+    let shortfall = 0n;
+    let payout = 0n;
+    if (net > 0n) {
+      const localWh = (net * local) / demand;
+      const cost = ceilDiv(localWh * s.price + (net - localWh) * s.retailPrice, 1000n);
+      const paid = min(cost, a.deposit);
+      a.deposit -= paid;
+      this.totalDeposits -= paid;
+      s.pool += paid;
+      this.openPool += paid;
+      s.localWh += localWh;
+      amount = cost;
+      shortfall = cost - paid;
+      if (shortfall > 0n) {
+        a.debt += shortfall;
+        this.events.push({ name: "ParticipantInDebt", args: [account, slot, shortfall, a.debt] });
+      }
+    } else if (net < 0n) {
+      const n = -net;
+      const localWh = (n * local) / supply;
+      payout = (localWh * s.price + (n - localWh) * s.feedInPrice) / 1000n;
+      s.pool -= payout;
+      this.openPool -= payout;
+      amount = -payout;
+    }
+    s.billed += 1n;
+    a.billed = true;
+    this.events.push({ name: "Billed", args: [account, slot, net, amount, shortfall] });
+    return payout;
+  }
+
+  private price(slot: bigint, s: ModelSlot): void {
+    const d = s.demandWh;
+    const u = s.supplyWh;
+    const f = this.feedInPrice;
+    const r = this.retailPrice;
+    const price = d + u === 0n ? (f + r) / 2n : f + ((r - f) * d) / (d + u);
+    s.priced = true;
+    s.price = price;
+    s.feedInPrice = f;
+    s.retailPrice = r;
+    this.events.push({ name: "SlotPriced", args: [slot, price, d, u] });
+  }
+
+  private closeIfComplete(slot: bigint): void {
+    const s = this.slot(slot);
+    if (s.closed || s.billed < s.readings || s.readings === 0n) return;
+    const residual = s.pool;
+    s.closed = true;
+    s.pool = 0n;
+    this.openPool -= residual;
+    this.events.push({
+      name: "SlotClosed",
+      args: [slot, s.localWh, s.demandWh - s.localWh, s.supplyWh - s.localWh, residual],
+    });
+    if (residual > 0n) {
+      this.transfer(this.settlement, this.slack, residual);
+    } else if (residual < 0n) {
+      const owed = -residual;
+      const sa = this.account(this.slack);
+      const paid = min(owed, sa.deposit);
+      sa.deposit -= paid;
+      this.totalDeposits -= paid;
+      if (paid < owed) {
+        const shortfall = owed - paid;
+        this.badDebt += shortfall;
+        sa.debt += shortfall;
+        this.events.push({ name: "ParticipantInDebt", args: [this.slack, slot, shortfall, sa.debt] });
+      }
+    }
+  }
+}
