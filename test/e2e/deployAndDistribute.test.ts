@@ -84,7 +84,8 @@ describe("deploy and distribute on a real hardhat node (e2e)", function () {
     file = join(dir, "participants.csv");
     writeFileSync(file, formatParticipantsCsv(participants));
     node = await startLocalNode();
-    deployment = await deployMarket(node.url, { deploymentId: `e2e-${node.port}` });
+    // The default id, local-<port>, is git-ignored, should a crashed run leave the folder behind.
+    deployment = await deployMarket(node.url);
     market = await connectMarket({
       rpcUrl: node.url,
       addresses: deployment.addresses,
