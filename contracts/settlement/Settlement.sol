@@ -142,7 +142,7 @@ contract Settlement is ISettlement, MeterLedger, AccessControl {
         if (amount == 0) revert SettlementZeroAmount();
         Account memory a = _accounts[msg.sender];
         uint32 pendingSlot = a.lastSlot;
-        bool billedNow = !a.billed && block.timestamp > readingDeadline(pendingSlot);
+        bool billedNow = _hasPendingBill(a) && block.timestamp > readingDeadline(pendingSlot);
         uint256 payout = billedNow ? _billPending(msg.sender, a) : 0;
         uint256 free = _free(a);
         if (amount > free) revert SettlementWithdrawExceedsFree(amount, free);
@@ -163,7 +163,7 @@ contract Settlement is ISettlement, MeterLedger, AccessControl {
         for (uint256 i = 0; i < accounts.length; ++i) {
             address account = accounts[i];
             Account memory a = _accounts[account];
-            if (a.lastSlot != slot || a.billed) continue; // not in this slot, or billed already
+            if (a.lastSlot != slot || !_hasPendingBill(a)) continue; // not in this slot, or billed already
             uint256 payout = _billPending(account, a);
             _accounts[account] = a;
             if (payout > 0) token.safeTransfer(account, payout);
@@ -225,10 +225,16 @@ contract Settlement is ISettlement, MeterLedger, AccessControl {
 
     // ---------------------------------------------------------------- billing
 
+    /// @dev Whether `a` has a reading whose energy is not billed yet (an account without any
+    /// reading has lastSlot 0 and nothing to bill).
+    function _hasPendingBill(Account memory a) private pure returns (bool) {
+        return a.lastSlot != 0 && !a.billed;
+    }
+
     /// @dev Reserves the worst case of an unbilled slot: all its net import at the retail price.
     function _free(Account memory a) private view returns (uint256) {
         uint256 reserve;
-        if (!a.billed && a.slotImportWh > a.slotExportWh) {
+        if (_hasPendingBill(a) && a.slotImportWh > a.slotExportWh) {
             reserve = Math.ceilDiv(uint256(a.slotImportWh - a.slotExportWh) * retailPrice, 1000);
         }
         return a.deposit > reserve ? a.deposit - reserve : 0;
