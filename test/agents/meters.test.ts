@@ -3,6 +3,7 @@ import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { expect } from "chai";
+import { expectClose } from "../support/approx.js";
 import modbusSerial from "modbus-serial";
 import { ConfigError } from "../../agents/errors.js";
 import {
@@ -185,7 +186,7 @@ describe("meters: client against a simulated SDM630 (Modbus TCP)", function () {
           expect(Math.abs(Number(reading.importWh) - importWh), `${kind} import at step ${step}`).to.be.at.most(float32ToleranceWh(importWh));
           expect(Math.abs(Number(reading.exportWh) - exportWh), `${kind} export at step ${step}`).to.be.at.most(float32ToleranceWh(exportWh));
           const powerW = await meter.readPowerW();
-          expect(powerW).to.be.closeTo(model.powers().netW, Math.abs(model.powers().netW) * 1e-6 + 1e-3);
+          expectClose(powerW, model.powers().netW, Math.abs(model.powers().netW) * 1e-6 + 1e-3);
         }
         const { importWh, exportWh } = model.registers;
         expect(importWh + exportWh, `${kind} moved energy`).to.be.greaterThan(1000);
@@ -387,8 +388,8 @@ describe("meters: client against a simulated SDM630 (Modbus TCP)", function () {
       const reduced = Number(r3.importWh - r2.importWh);
       const evMaxWh = (spec.ev?.maxPowerKw ?? 0) * 1000 * 0.25;
       // The house's own load moves a little between quarters; the EV's share dominates.
-      expect(full - paused).to.be.closeTo(evMaxWh, 150);
-      expect(reduced - paused).to.be.closeTo(750, 150);
+      expectClose(full - paused, evMaxWh, 150);
+      expectClose(reduced - paused, 750, 150);
       expect(server.household.evState()?.setpoint).to.deep.equal({ mode: "power", powerW: 3000 });
     } finally {
       await meter.close();

@@ -1,5 +1,6 @@
 import net from "node:net";
 import { expect } from "chai";
+import { expectClose } from "../support/approx.js";
 import modbusSerial from "modbus-serial";
 import {
   ManualClock,
@@ -62,14 +63,14 @@ describe("simulator: load and PV profiles", function () {
 
     let wh = 0;
     for (let t = Date.UTC(2025, 0, 1); t < Date.UTC(2026, 0, 1); t += 15 * MINUTE) wh += householdLoadW(load, new Date(t), utcOffsetMinutes) / 4;
-    expect(wh / 1000).to.be.closeTo(3600, 3600 * 0.02);
+    expectClose(wh / 1000, 3600, 3600 * 0.02);
   });
 
   it("PV follows sunrise and sunset at 50°N and yields about 1 000 kWh per kWp a year", function () {
     const midsummer = sunriseSunset(172, latitudeDeg);
     const midwinter = sunriseSunset(355, latitudeDeg);
-    expect(midsummer.sunset - midsummer.sunrise).to.be.closeTo(16.2, 0.3);
-    expect(midwinter.sunset - midwinter.sunrise).to.be.closeTo(8.0, 0.3);
+    expectClose(midsummer.sunset - midsummer.sunrise, 16.2, 0.3);
+    expectClose(midwinter.sunset - midwinter.sunrise, 8.0, 0.3);
 
     const pv: PvSpec = { peakKw: 1, weatherSeed: 5, latitudeDeg, longitudeDeg, performanceRatio: 0.85 };
     const solarNoonUtc = 12 - longitudeDeg / 15;
@@ -102,7 +103,7 @@ describe("simulator: load and PV profiles", function () {
     let differs = false;
     for (let t = Date.UTC(2025, 4, 1, 6); t < Date.UTC(2025, 4, 8, 18); t += 37 * MINUTE) {
       const at = new Date(t);
-      expect(pvPowerW(b, at)).to.be.closeTo(2 * pvPowerW(a, at), 1e-9);
+      expectClose(pvPowerW(b, at), 2 * pvPowerW(a, at), 1e-9);
       const k = clearness(77, at);
       expect(k).to.be.within(0.05, 1);
       if (Math.abs(clearness(78, at) - k) > 0.05) differs = true;
@@ -128,8 +129,8 @@ describe("simulator: households", function () {
       }
       const a = once.registers;
       const b = stepped.registers;
-      expect(b.importWh, `${kind} import`).to.be.closeTo(a.importWh, 1e-6 * (1 + a.importWh));
-      expect(b.exportWh, `${kind} export`).to.be.closeTo(a.exportWh, 1e-6 * (1 + a.exportWh));
+      expectClose(b.importWh, a.importWh, 1e-6 * (1 + a.importWh), `${kind} import`);
+      expectClose(b.exportWh, a.exportWh, 1e-6 * (1 + a.exportWh), `${kind} export`);
     }
     const other = simulate(householdSpec("consumer", 32, 7), start, DAY).registers;
     expect(other.importWh).to.not.equal(simulate(householdSpec("consumer", 31, 7), start, DAY).registers.importWh);
@@ -169,11 +170,11 @@ describe("simulator: households", function () {
       const f = sim.flows;
       const net = f.loadWh + f.evWh + f.batteryChargeWh - f.pvWh - f.batteryDischargeWh;
       const { importWh, exportWh } = sim.registers;
-      expect(importWh - exportWh, `seed ${seed} (${kind}) balance`).to.be.closeTo(net, 1e-6 * (1 + importWh + exportWh));
+      expectClose(importWh - exportWh, net, 1e-6 * (1 + importWh + exportWh), `seed ${seed} (${kind}) balance`);
       if (spec.battery !== undefined) {
         const eff = spec.battery.efficiency;
         const stored = (sim.batteryState()?.storedWh ?? 0) - storedAtStart;
-        expect(stored, `seed ${seed} battery`).to.be.closeTo(f.batteryChargeWh * eff - f.batteryDischargeWh / eff, 1e-6 * (1 + f.batteryChargeWh + f.batteryDischargeWh));
+        expectClose(stored, f.batteryChargeWh * eff - f.batteryDischargeWh / eff, 1e-6 * (1 + f.batteryChargeWh + f.batteryDischargeWh), `seed ${seed} battery`);
       }
       if (kind === "slackUnit") expect(importWh + exportWh).to.equal(0);
       else expect(importWh + exportWh, `seed ${seed} (${kind}) moved energy`).to.be.greaterThan(0);
@@ -216,11 +217,11 @@ describe("simulator: households", function () {
 
     sim.setEvSetpoint({ mode: "auto" });
     sim.advanceTo(local(2025, 5, 11, ev.departHour - 0.1));
-    expect(sim.flows.evWh, "delivers exactly what the session needs").to.be.closeTo(need, 1e-6);
+    expectClose(sim.flows.evWh, need, 1e-6, "delivers exactly what the session needs");
     expect(sim.evState()?.remainingWh).to.equal(0);
     sim.advanceTo(local(2025, 5, 11, ev.departHour + 3));
     expect(sim.evState()?.pluggedIn).to.equal(false);
-    expect(sim.flows.evWh).to.be.closeTo(need, 1e-6);
+    expectClose(sim.flows.evWh, need, 1e-6);
   });
 
   it("refuses to run backwards and set-points for devices a house does not have", function () {
