@@ -19,9 +19,11 @@ export interface BalanceColumn {
  * unpaid shortfall): return one BalanceColumn per figure, reading it from `market`.
  */
 export function extraBalanceColumns(market: MarketContracts, token: TokenInfo): BalanceColumn[] {
-  void market;
-  void token;
-  return [];
+  const amount = (units: bigint): string => `${formatUnits(units, token.decimals)} ${token.symbol}`;
+  return [
+    { header: "in escrow (deposit)", value: async (account) => amount((await market.settlement.accountState(account)).deposit) },
+    { header: "debt", value: async (account) => amount((await market.settlement.accountState(account)).debt) },
+  ];
 }
 
 export interface TokenInfo {

@@ -11,7 +11,10 @@ import { ConfigError, MarketError } from "../errors.js";
 export const MARKET_FUTURE_IDS = {
   energyToken: "EnergyTokenModule#EnergyToken",
   participantRegistry: "ParticipantRegistryModule#ParticipantRegistry",
+  settlement: "SettlementModule#Settlement",
 } as const;
+
+const CONTRACT_NAMES = Object.keys(MARKET_FUTURE_IDS) as MarketContractName[];
 
 export type MarketContractName = keyof typeof MARKET_FUTURE_IDS;
 export type MarketAddresses = Record<MarketContractName, string>;
@@ -90,7 +93,7 @@ export function marketAddressesFromDeployment(deploymentDir: string): MarketAddr
     }
     return address;
   };
-  return { energyToken: pick("energyToken"), participantRegistry: pick("participantRegistry") };
+  return Object.fromEntries(CONTRACT_NAMES.map((name) => [name, pick(name)])) as MarketAddresses;
 }
 
 export interface AddressSources {
@@ -99,6 +102,7 @@ export interface AddressSources {
   /** Explicit addresses; each one wins over the deployment folder. */
   energyToken?: string | undefined;
   participantRegistry?: string | undefined;
+  settlement?: string | undefined;
   /** How the caller calls each source, for error messages (a CLI passes its option names). */
   names?: Partial<Record<MarketContractName | "deploymentDir", string>>;
 }
@@ -108,10 +112,11 @@ export interface AddressSources {
  * win, so that one contract can be pointed elsewhere). Errors name the option to fix.
  */
 export function resolveMarketAddresses(sources: AddressSources): MarketAddresses {
-  const names = {
+  const names: Record<MarketContractName | "deploymentDir", string> = {
     deploymentDir: "deploymentDir",
     energyToken: "energyToken",
     participantRegistry: "participantRegistry",
+    settlement: "settlement",
     ...sources.names,
   };
   const explicit = (name: MarketContractName): string | undefined => {
@@ -123,20 +128,12 @@ export function resolveMarketAddresses(sources: AddressSources): MarketAddresses
     }
     return getAddress(value);
   };
-  const energyToken = explicit("energyToken");
-  const participantRegistry = explicit("participantRegistry");
-  if (energyToken !== undefined && participantRegistry !== undefined) {
-    return { energyToken, participantRegistry };
-  }
+  const given = Object.fromEntries(CONTRACT_NAMES.map((name) => [name, explicit(name)])) as Record<MarketContractName, string | undefined>;
+  const missing = CONTRACT_NAMES.filter((name) => given[name] === undefined);
+  if (missing.length === 0) return given as MarketAddresses;
   if (sources.deploymentDir === undefined) {
-    const missing = [energyToken === undefined ? names.energyToken : undefined, participantRegistry === undefined ? names.participantRegistry : undefined]
-      .filter((n) => n !== undefined)
-      .join(" and ");
-    throw new ConfigError(names.deploymentDir, `not given, so ${missing} must be given`);
+    throw new ConfigError(names.deploymentDir, `not given, so ${missing.map((n) => names[n]).join(" and ")} must be given`);
   }
   const deployed = marketAddressesFromDeployment(sources.deploymentDir);
-  return {
-    energyToken: energyToken ?? deployed.energyToken,
-    participantRegistry: participantRegistry ?? deployed.participantRegistry,
-  };
+  return Object.fromEntries(CONTRACT_NAMES.map((name) => [name, given[name] ?? deployed[name]])) as MarketAddresses;
 }

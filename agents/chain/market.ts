@@ -1,7 +1,7 @@
 import { JsonRpcProvider, Network, type ContractRunner, type Signer } from "ethers";
 import { MarketError } from "../errors.js";
 import type { MarketAddresses, MarketContractName } from "./deployment.js";
-import { EnergyToken__factory, ParticipantRegistry__factory, type EnergyToken, type ParticipantRegistry } from "./types/index.js";
+import { EnergyToken__factory, ParticipantRegistry__factory, Settlement__factory, type EnergyToken, type ParticipantRegistry, type Settlement } from "./types/index.js";
 
 /** The JSON-RPC endpoint does not answer, or answers something that is not Ethereum. */
 export class ChainConnectionError extends MarketError {
@@ -38,6 +38,7 @@ export interface MarketContracts {
   addresses: MarketAddresses;
   energyToken: EnergyToken;
   participantRegistry: ParticipantRegistry;
+  settlement: Settlement;
 }
 
 export interface ProviderOptions {
@@ -129,5 +130,6 @@ export async function connectMarket(options: ConnectOptions): Promise<MarketCont
     addresses: options.addresses,
     energyToken: EnergyToken__factory.connect(options.addresses.energyToken, runner),
     participantRegistry: ParticipantRegistry__factory.connect(options.addresses.participantRegistry, runner),
+    settlement: Settlement__factory.connect(options.addresses.settlement, runner),
   };
 }

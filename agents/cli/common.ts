@@ -11,12 +11,14 @@ export const MARKET_OPTIONS = {
   deployment: { type: "string" },
   token: { type: "string" },
   registry: { type: "string" },
+  settlement: { type: "string" },
 } as const satisfies ParseArgsConfig["options"];
 
 export const MARKET_OPTIONS_HELP = `  --rpc URL           JSON-RPC endpoint (default $MARKET_RPC_URL or http://127.0.0.1:8545)
   --deployment DIR    Ignition deployment folder (default $MARKET_DEPLOYMENT_DIR or ${DEFAULT_LOCAL_DEPLOYMENT_DIR})
   --token ADDR        EnergyToken address (instead of, or overriding, the deployment folder)
-  --registry ADDR     ParticipantRegistry address (likewise)`;
+  --registry ADDR     ParticipantRegistry address (likewise)
+  --settlement ADDR   Settlement address (likewise)`;
 
 export const SIGNER_HELP = `The signing key comes from the environment, never from a file in the repository:
   ${MARKET_SIGNER_ENV.keystoreFile}=<encrypted JSON keystore> and ${MARKET_SIGNER_ENV.keystorePassword}=<its password>, or
@@ -27,18 +29,20 @@ export interface MarketOptionValues {
   deployment?: string | undefined;
   token?: string | undefined;
   registry?: string | undefined;
+  settlement?: string | undefined;
 }
 
 /** Connects to the market the options name, with the environment's signer if `withSigner`. */
 export async function connectFromOptions(values: MarketOptionValues, withSigner: boolean): Promise<MarketContracts> {
   const rpcUrl = values.rpc ?? process.env.MARKET_RPC_URL ?? "http://127.0.0.1:8545";
-  const explicit = values.token !== undefined && values.registry !== undefined;
+  const explicit = values.token !== undefined && values.registry !== undefined && values.settlement !== undefined;
   const addresses = resolveMarketAddresses({
     // With both addresses given, no deployment folder is needed (nor read).
     deploymentDir: values.deployment ?? (explicit ? undefined : (process.env.MARKET_DEPLOYMENT_DIR ?? DEFAULT_LOCAL_DEPLOYMENT_DIR)),
     energyToken: values.token,
     participantRegistry: values.registry,
-    names: { deploymentDir: "--deployment", energyToken: "--token", participantRegistry: "--registry" },
+    settlement: values.settlement,
+    names: { deploymentDir: "--deployment", energyToken: "--token", participantRegistry: "--registry", settlement: "--settlement" },
   });
   const signer = withSigner ? await walletFromEnv() : undefined;
   // A loopback node mines at once; polling every 4 s (ethers' default) would only add waiting.

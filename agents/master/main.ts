@@ -9,7 +9,7 @@
  */
 import { parseArgs } from "node:util";
 import { systemClock } from "../clock.js";
-import { readDeployedAddresses } from "../chain/deployment.js";
+import { marketAddressesFromDeployment } from "../chain/deployment.js";
 import { openProvider } from "../chain/market.js";
 import { walletFromEnv } from "../chain/signer.js";
 import { ParticipantRegistry__factory, Settlement__factory } from "../chain/types/index.js";
@@ -31,10 +31,7 @@ async function main(): Promise<void> {
     },
   });
   if (values.deployment === undefined) throw new ConfigError("--deployment", "give the Ignition deployment folder, e.g. ignition/deployments/chain-11155111");
-  const addresses = readDeployedAddresses(values.deployment);
-  const settlementAddress = addresses["SettlementModule#Settlement"];
-  const registryAddress = addresses["ParticipantRegistryModule#ParticipantRegistry"];
-  if (!settlementAddress || !registryAddress) throw new ConfigError("--deployment", "lacks Settlement or ParticipantRegistry; deploy the Market module");
+  const { settlement: settlementAddress, participantRegistry: registryAddress } = marketAddressesFromDeployment(values.deployment);
   const [host, port] = values.listen.split(":");
   const collectMs = Number(values["collect-ms"]);
   if (!Number.isFinite(collectMs) || collectMs <= 0) throw new ConfigError("--collect-ms", "must be a positive number of milliseconds");

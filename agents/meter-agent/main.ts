@@ -9,7 +9,7 @@
 import { parseArgs } from "node:util";
 import type { Wallet } from "ethers";
 import { systemClock } from "../clock.js";
-import { readDeployedAddresses } from "../chain/deployment.js";
+import { marketAddressesFromDeployment } from "../chain/deployment.js";
 import { openProvider } from "../chain/market.js";
 import { walletFromEnv } from "../chain/signer.js";
 import { Settlement__factory } from "../chain/types/index.js";
@@ -33,9 +33,7 @@ async function main(): Promise<void> {
   const config = loadMeterAgentConfig(configFile);
   const logger = jsonLineLogger(undefined, { agent: "meter", account: config.account });
 
-  const settlementAddress =
-    config.settlement ?? readDeployedAddresses(config.deploymentDir!)["SettlementModule#Settlement"];
-  if (settlementAddress === undefined) throw new ConfigError("deploymentDir", "has no SettlementModule#Settlement; deploy the Market module first");
+  const settlementAddress = config.settlement ?? marketAddressesFromDeployment(config.deploymentDir!).settlement;
   const key = (await walletFromEnv({ names: METER_AGENT_SIGNER_ENV })) as Wallet;
   const provider = await openProvider(config.rpcUrl, { pollingIntervalMs: 1_000 });
   const meterKey = key.connect(provider) as Wallet;

@@ -2,7 +2,6 @@ import { mkdirSync, rmSync } from "node:fs";
 import path from "node:path";
 import { encodeBytes32String, HDNodeWallet, Signature, Wallet, parseEther, parseUnits, type JsonRpcProvider } from "ethers";
 import { SimClock, slotAt, slotStartMs } from "../clock.js";
-import { readDeployedAddresses } from "../chain/deployment.js";
 import { distribute } from "../chain/distribution.js";
 import { deployMarket, localNodeAccount, startLocalNode, type LocalNode } from "../chain/localNode.js";
 import { connectMarket, openProvider, type MarketContracts } from "../chain/market.js";
@@ -87,8 +86,8 @@ export async function withSimulatedMarket<T>(
     cleanups.push(() => provider.destroy());
     const admin = new Wallet(localNodeAccount(0).privateKey, provider);
     const market = await connectMarket({ rpcUrl: node.url, addresses: deployment.addresses, signer: admin, provider });
-    const settlementAddress = readDeployedAddresses(deployment.deploymentDir)["SettlementModule#Settlement"]!;
-    const settlement = Settlement__factory.connect(settlementAddress, admin);
+    const settlement = market.settlement;
+    const settlementAddress = deployment.addresses.settlement;
 
     const members = defaultNeighbourhood(options.seed ?? 1);
     const households: Household[] = members.map((member, i) => ({

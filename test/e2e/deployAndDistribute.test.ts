@@ -194,9 +194,9 @@ describe("deploy and distribute on a real hardhat node (e2e)", function () {
     const one = await runCli("balance.ts", [p.account, "--rpc", node.url, "--deployment", deployment.deploymentDir]);
     expect(one.code, one.stderr).to.equal(0);
     const row = one.stdout.split("\n").find((l) => l.includes(p.account));
-    expect(row).to.match(new RegExp(`^\\s*1\\s+${p.account}\\s+prosumer\\s+active\\s+${formatUnits(p.amount, 6).replace(".", "\\.")} ${symbol}$`));
+    expect(row).to.match(new RegExp(`^\\s*1\\s+${p.account}\\s+prosumer\\s+active\\s+${formatUnits(p.amount, 6).replace(".", "\\.")} ${symbol}\\s+0\\.0 ${symbol}\\s+0\\.0 ${symbol}$`));
 
-    const all = await runCli("balance.ts", ["--all", "--rpc", node.url, "--token", deployment.addresses.energyToken, "--registry", deployment.addresses.participantRegistry]);
+    const all = await runCli("balance.ts", ["--all", "--rpc", node.url, "--token", deployment.addresses.energyToken, "--registry", deployment.addresses.participantRegistry, "--settlement", deployment.addresses.settlement]);
     expect(all.code, all.stderr).to.equal(0);
     const count = Number(await market.participantRegistry.participantCount());
     expect(all.stdout).to.include(`${count} participants`);

@@ -8,6 +8,7 @@ import { DeploymentError, marketAddressesFromDeployment, resolveMarketAddresses 
 const TOKEN = "0x5FbDB2315678afecb367f032d93F642f64180aa3";
 const REGISTRY = "0xe7f1725E7734CE288F8367e1Bb143E90bb3F0512";
 const OTHER = "0x9fE46736679d2D9a65F0992F2272dE9f3c7fa6e0";
+const SETTLEMENT = "0xCf7Ed3AccA5a467e9e704C703E8D87F634fB0Fc9";
 
 describe("deployment addresses", () => {
   let root: string;
@@ -26,11 +27,11 @@ describe("deployment addresses", () => {
       JSON.stringify({
         "EnergyTokenModule#EnergyToken": TOKEN.toLowerCase(),
         "ParticipantRegistryModule#ParticipantRegistry": REGISTRY,
-        "SettlementModule#Settlement": OTHER,
+        "SettlementModule#Settlement": SETTLEMENT,
       }),
     );
-    expect(marketAddressesFromDeployment(dir)).to.deep.equal({ energyToken: TOKEN, participantRegistry: REGISTRY });
-    expect(resolveMarketAddresses({ deploymentDir: dir, energyToken: OTHER })).to.deep.equal({ energyToken: OTHER, participantRegistry: REGISTRY });
+    expect(marketAddressesFromDeployment(dir)).to.deep.equal({ energyToken: TOKEN, participantRegistry: REGISTRY, settlement: SETTLEMENT });
+    expect(resolveMarketAddresses({ deploymentDir: dir, energyToken: OTHER })).to.deep.equal({ energyToken: OTHER, participantRegistry: REGISTRY, settlement: SETTLEMENT });
   });
 
   it("explains a missing folder, bad JSON and a missing contract", () => {
@@ -41,10 +42,11 @@ describe("deployment addresses", () => {
   });
 
   it("takes explicit addresses, naming the option when one is missing or wrong", () => {
-    expect(resolveMarketAddresses({ energyToken: TOKEN, participantRegistry: REGISTRY })).to.deep.equal({ energyToken: TOKEN, participantRegistry: REGISTRY });
-    const names = { deploymentDir: "--deployment", energyToken: "--token", participantRegistry: "--registry" };
-    expect(() => resolveMarketAddresses({ energyToken: TOKEN, names })).to.throw(ConfigError, "--deployment: not given, so --registry must be given");
-    expect(() => resolveMarketAddresses({ energyToken: TOKEN.replace("aa3", "AA3"), participantRegistry: REGISTRY, names })).to.throw(
+    const all = { energyToken: TOKEN, participantRegistry: REGISTRY, settlement: SETTLEMENT };
+    expect(resolveMarketAddresses(all)).to.deep.equal(all);
+    const names = { deploymentDir: "--deployment", energyToken: "--token", participantRegistry: "--registry", settlement: "--settlement" };
+    expect(() => resolveMarketAddresses({ energyToken: TOKEN, names })).to.throw(ConfigError, "--deployment: not given, so --registry and --settlement must be given");
+    expect(() => resolveMarketAddresses({ ...all, energyToken: TOKEN.replace("aa3", "AA3"), names })).to.throw(
       ConfigError,
       /--token: .* checksum does not match/,
     );
