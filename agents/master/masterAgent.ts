@@ -8,7 +8,7 @@ import type { ReadingInbox } from "./readingInbox.js";
 
 /** What the master remembers across restarts. */
 export interface MasterState {
-  /** The last slot whose readings were requested and relayed (or given up on). */
+  /** The last slot whose readings were requested and relayed (or given up on), and whose previous slot was settled. */
   lastHandledSlot: number;
 }
 
@@ -114,9 +114,13 @@ export class MasterAgent {
     } else {
       this.o.logger({ level: "warn", msg: "reading window passed; settling only", slot });
     }
+    // Saved only once `slot - 1` is settled as well: a cycle that fails at any step is run again
+    // by the next catchUp (requesting, relaying and settling again are harmless), rather than
+    // leaving `slot - 1` unsettled for good.
+    const report = await this.settleSlot(slot - 1);
     state.lastHandledSlot = slot;
     await this.o.store.save(state);
-    return await this.settleSlot(slot - 1);
+    return report;
   }
 
   /** Bills every unbilled reading of `slot` (after its deadline) and reports the slot. */
