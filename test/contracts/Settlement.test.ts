@@ -894,6 +894,51 @@ describe("Settlement", function () {
     });
   });
 
+  describe("slack unit in bad debt", function () {
+    // While the slack unit owes escrow (badDebt), the positive residual of a later slot is still
+    // transferred to its wallet in full: the debt is not netted (participants' repayments to the
+    // slack unit are, in Settlement._credit), escrow stays short, and when escrow holds less than the
+    // residual the close reverts, blocking the slot and the reading whose billing would close it.
+    // See the report: Settlement._closeIfComplete.
+
+    /** Slot T1: bob sells 3_000 Wh and nobody buys (slack unit owes 150_000); slot T2: alice buys 1_000 Wh at retail. */
+    async function badDebtThenPositiveResidual(market: Market, slot: bigint) {
+      const a = (name: string) => market.p(name).address;
+      await market.readSlot(slot, { alice: [BASE_IMPORT, BASE_EXPORT], bob: [BASE_IMPORT, BASE_EXPORT] });
+      await market.readSlot(slot + 1n, { alice: [BASE_IMPORT, BASE_EXPORT], bob: [BASE_IMPORT, BASE_EXPORT + 3_000n] });
+      await market.afterDeadline(slot + 1n);
+      await expect(market.settlement.settle(slot + 1n, [a("alice"), a("bob")]))
+        .to.emit(market.settlement, "ParticipantInDebt")
+        .withArgs(a("slack"), slot + 1n, 150_000n, 150_000n);
+      expect(await market.settlement.badDebt()).to.equal(150_000n);
+      await market.readSlot(slot + 2n, { alice: [BASE_IMPORT + 1_000n, BASE_EXPORT], bob: [BASE_IMPORT, BASE_EXPORT + 3_000n] });
+      await market.afterDeadline(slot + 2n);
+      return slot + 2n;
+    }
+
+    it("a positive residual repays the slack unit's bad debt before anything is paid out", async function () {
+      const { market, settlement, token, slot, a } = await fixture();
+      await settlement.connect(market.p("slack").signer).withdraw(SLACK_DEPOSIT);
+      const T2 = await badDebtThenPositiveResidual(market, slot);
+      const tx = settlement.settle(T2, [a("alice"), a("bob")]);
+      await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T2, 0n, 1_000n, 0n, 300_000n);
+      await market.expectIdentity();
+      expect(await settlement.badDebt(), "bad debt left while the slack unit was paid").to.equal(0n);
+      await expect(tx).to.changeTokenBalances(ethers, token, [a("slack")], [150_000n]);
+    });
+
+    it("closing a slot does not fail when escrow holds less than the residual owed to an indebted slack unit", async function () {
+      const { market, settlement, slot, a } = await fixture();
+      for (const name of ["bob", "carol", "dave"]) await settlement.connect(market.p(name).signer).withdraw(DEPOSIT);
+      await settlement.connect(market.p("slack").signer).withdraw(SLACK_DEPOSIT);
+      await settlement.connect(market.p("alice").signer).withdraw(DEPOSIT - 300_000n); // exactly alice's T2 bill
+      const T2 = await badDebtThenPositiveResidual(market, slot);
+      // Escrow holds 150_000 (alice's deposit less bob's payout); the residual is 300_000.
+      await expect(settlement.settle(T2, [a("alice"), a("bob")])).to.emit(settlement, "SlotClosed");
+      await market.expectIdentity();
+    });
+  });
+
   describe("setPrices", function () {
     it("lets the regulator set prices and emits PricesSet", async function () {
       const { settlement } = await fixture();
