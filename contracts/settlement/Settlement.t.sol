@@ -254,6 +254,37 @@ contract SettlementFuzzTest is SettlementTestBase {
         _requireIdentity("at the end");
     }
 
+    /// setPrices accepts any price up to 2^63 - 1, but a seller's payout is narrowed to 64 bits
+    /// without a check before it is taken from the slot's pool (`int64(uint64(payout))` in
+    /// Settlement._billPending), while openPool and the transfer use the full amount. With the
+    /// largest accepted price a seller of 2_001 Wh is owed more than 2^64 base units: the slot's pool
+    /// records 2^64 less than was paid out, the slack unit covers only that truncated residual, and
+    /// after the slot closes openPool stays at -2^64 with no slot open: escrow holds 2^64 less than
+    /// the deposits it owes, and no bad debt records it. See the report.
+    function test_extremeAcceptedPricesKeepTheEscrowIdentity() public {
+        uint256 maxPrice = uint256(uint64(type(int64).max));
+        settlement.setPrices(maxPrice, maxPrice);
+        _fund(reserve, type(uint64).max);
+        _fund(slack, type(uint64).max);
+        vm.warp(_opens(firstSlot) + 1);
+        _read(1, firstSlot);
+        exp[1] += 2_001;
+        vm.warp(_opens(firstSlot + 1) + 1);
+        _read(1, firstSlot + 1);
+        vm.warp(_deadline(firstSlot + 1) + 1);
+        address[] memory seller = new address[](1);
+        seller[0] = accounts[1];
+        settlement.settle(firstSlot + 1, seller);
+        require(token.balanceOf(accounts[1]) == 2_001 * maxPrice / 1000, "seller not paid in full");
+        _requireIdentity("after paying a seller at the largest accepted price");
+        require(settlement.slotState(firstSlot + 1).closed, "slot not closed");
+        require(settlement.openPool() == 0, "openPool is not zero although no slot is open");
+        require(
+            token.balanceOf(address(settlement)) + settlement.badDebt() == settlement.totalDeposits(),
+            "escrow short of the deposits it owes, and no bad debt recorded"
+        );
+    }
+
     // ---------------------------------------------------------------- helpers
 
     /// @dev Submits participant `i`'s current registers for `slot` and records what its meter counted.

@@ -616,6 +616,27 @@ describe("Settlement", function () {
       await market.expectDepositsSum();
     });
 
+    it("a debt repaid before any slack unit exists is not credited to the zero address", async function () {
+      // Debt can be recorded without a slack unit (billing one reading of a slot that does not
+      // close yet); a later deposit then repays it to registry.slackUnit(), which is address(0):
+      // the tokens land in a deposit nobody can withdraw. See the report: Settlement._credit.
+      const market = await deployMarket(ethers, networkHelpers, {
+        participants: [
+          { name: "alice", kind: Kind.Consumer, deposit: 0n },
+          { name: "bob", kind: Kind.Prosumer },
+        ],
+      });
+      const slot = await market.freshSlot();
+      const alice = market.p("alice");
+      const T = await meteredSlot(market, slot, { alice: [1_000n, 0n], bob: [0n, 3_000n] });
+      await market.afterDeadline(T);
+      await expect(market.settlement.settle(T, [alice.address]))
+        .to.emit(market.settlement, "ParticipantInDebt")
+        .withArgs(alice.address, T, 112_500n, 112_500n);
+      await market.settlement.connect(alice.signer).deposit(ONE);
+      expect((await market.settlement.accountState(ethers.ZeroAddress)).deposit, "deposit credited to address(0)").to.equal(0n);
+    });
+
     it("a slot cannot close without a slack unit (SettlementNoSlackUnit)", async function () {
       const market = await deployMarket(ethers, networkHelpers, {
         participants: [
