@@ -776,10 +776,9 @@ describe("Settlement", function () {
   });
 
   describe("accounts without a reading", function () {
-    // An account that never sent a reading has lastSlot 0 and billed false, which withdraw() and
-    // settle(0, ...) take for "slot 0 is pending": they bill slot 0 for it (SlotPriced(0), Billed(..., 0, ...))
-    // although it has no reading there. No tokens move, but slot 0 ends up with billed > readings and
-    // agents see bills for a slot in 1970. See the report: Settlement.withdraw and Settlement.settle.
+    // An account that never sent a reading has lastSlot 0 and billed false; withdraw() and
+    // settle(0, ...) must not take that for a pending slot 0 (fixed in 9846f61: they billed an empty
+    // slot 0, emitting SlotPriced(0) and Billed(..., 0, ...) and counting billed > readings).
     it("withdrawing before the first reading bills nothing", async function () {
       const { market, settlement } = await fixture();
       const tx = settlement.connect(market.p("alice").signer).withdraw(ONE);

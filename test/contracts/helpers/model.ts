@@ -216,7 +216,7 @@ export class SettlementModel {
     if (amount === 0n) throw new ModelRevert("SettlementZeroAmount", []);
     const a = this.account(account);
     const pending = a.lastSlot;
-    // A meter with no reading has nothing pending (see the "accounts without a reading" tests).
+    // An account without any reading has nothing pending (see the "accounts without a reading" tests).
     const billNow = a.lastSlot !== 0n && !a.billed && now > this.deadline(pending);
     const payout = billNow ? this.bill(account) : 0n;
     const free = this.free(account);
