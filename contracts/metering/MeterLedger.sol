@@ -39,8 +39,8 @@ abstract contract MeterLedger is IMeterLedger, EIP712 {
         bool billed; // whether lastSlot's energy has been billed
         uint40 importWh; // cumulative import register at the end of lastSlot
         uint40 exportWh; // cumulative export register at the end of lastSlot
-        uint32 slotImportWh; // import attributed to lastSlot
-        uint32 slotExportWh; // export attributed to lastSlot
+        int32 slotNetWh; // net energy (import - export) attributed to lastSlot
+        int32 scheduledWh; // the markets' schedule for lastSlot (settlement's field)
         uint64 deposit; // billing deposit in token base units (settlement's field)
     }
 
@@ -108,8 +108,8 @@ abstract contract MeterLedger is IMeterLedger, EIP712 {
      */
     function _billPending(address account, Account memory a) internal virtual returns (uint256 payout);
 
-    /// @dev Counts a new reading's energy into its slot's totals.
-    function _countReading(uint32 slot, uint256 importWh, uint256 exportWh) internal virtual;
+    /// @dev Counts a new reading's net energy into its slot's totals; returns the account's schedule for the slot.
+    function _countReading(address account, uint32 slot, int256 netWh) internal virtual returns (int256 scheduledWh);
 
     /// @dev Pays `payout` to `account` and closes `slot` if every reading of it is billed.
     function _afterBilling(address account, uint32 slot, uint256 payout) internal virtual;
@@ -144,6 +144,8 @@ abstract contract MeterLedger is IMeterLedger, EIP712 {
         uint256 importDelta = baseline ? 0 : rd.importWh - a.importWh;
         uint256 exportDelta = baseline ? 0 : rd.exportWh - a.exportWh;
         if (importDelta > type(uint32).max || exportDelta > type(uint32).max) revert ReadingOutOfRange(slot);
+        int256 netWh = int256(importDelta) - int256(exportDelta);
+        if (netWh > type(int32).max || netWh < type(int32).min) revert ReadingOutOfRange(slot);
 
         // The previous slot is final by now (readingWindow < slotSeconds), so bill it on the way.
         uint32 billedSlot = a.lastSlot;
@@ -155,10 +157,9 @@ abstract contract MeterLedger is IMeterLedger, EIP712 {
         a.billed = baseline; // a baseline has nothing to bill
         a.importWh = uint40(rd.importWh);
         a.exportWh = uint40(rd.exportWh);
-        a.slotImportWh = uint32(importDelta);
-        a.slotExportWh = uint32(exportDelta);
+        a.slotNetWh = int32(netWh);
+        a.scheduledWh = baseline ? int32(0) : int32(_countReading(rd.account, slot, netWh));
         _accounts[rd.account] = a;
-        if (!baseline) _countReading(slot, importDelta, exportDelta);
         emit ReadingRecorded(rd.account, slot, rd.importWh, rd.exportWh, uint32(importDelta), uint32(exportDelta));
 
         if (billedNow) _afterBilling(rd.account, billedSlot, payout);

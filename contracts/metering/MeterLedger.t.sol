@@ -160,14 +160,15 @@ contract MeterLedgerFuzzTest is SettlementTestBase {
         IMeterLedger.Reading memory next = _reading(0, slot, importWh + dImport, exportWh + dExport);
         (sigR, vs) = _sign(keys[0], next);
         reason = _trySubmit(next, sigR, vs);
+        int256 net = int256(uint256(dImport)) - int256(uint256(dExport));
         bool tooBig = importWh + dImport > MAX_REGISTER || exportWh + dExport > MAX_REGISTER || dImport > MAX_DELTA
-            || dExport > MAX_DELTA;
+            || dExport > MAX_DELTA || net > type(int32).max || net < type(int32).min;
         if (tooBig) {
             _requireError(reason, abi.encodeWithSelector(IMeterLedger.ReadingOutOfRange.selector, slot), "energy out of range accepted");
         } else {
             require(reason.length == 0, "a reading within range was refused");
             ISettlement.AccountView memory a = settlement.accountState(accounts[0]);
-            require(a.slotImportWh == dImport && a.slotExportWh == dExport, "deltas not recorded");
+            require(a.slotNetWh == net, "net energy not recorded");
         }
     }
 

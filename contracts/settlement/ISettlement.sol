@@ -15,10 +15,11 @@ interface ISettlement {
         uint32 billed;
         bool priced;
         bool closed;
+        uint64 scheduledPrice;
         uint64 price;
         uint64 feedInPrice;
         uint64 retailPrice;
-        int64 pool;
+        int256 pool;
     }
 
     /// @notice A participant's metering and billing state.
@@ -27,15 +28,15 @@ interface ISettlement {
         bool billed;
         uint64 importWh;
         uint64 exportWh;
-        uint32 slotImportWh;
-        uint32 slotExportWh;
+        int32 slotNetWh;
+        int32 scheduledWh;
         uint256 deposit;
         uint256 debt;
     }
 
     /// @dev An address that must be set was zero.
     error SettlementZeroAddress();
-    /// @dev Prices must satisfy 0 < feedIn <= retail <= 2^63.
+    /// @dev Prices must satisfy 0 < feedIn <= retail < 2^48.
     error SettlementBadPrices(uint256 feedInPrice, uint256 retailPrice);
     /// @dev `account` is not a registered participant.
     error SettlementNotRegistered(address account);
@@ -47,8 +48,10 @@ interface ISettlement {
     error SettlementZeroAmount();
     /// @dev A deposit would exceed the 64-bit deposit field.
     error SettlementDepositTooLarge(address account, uint256 deposit);
-    /// @dev The market has no slack unit registered, so slots cannot be closed.
+    /// @dev The market has no slack unit registered, so slots cannot be closed nor debts repaid.
     error SettlementNoSlackUnit();
+    /// @dev `slot` is closed: nothing can be paid into it any more.
+    error SettlementSlotClosed(uint32 slot);
 
     /// @notice `account` (funded by `from`) deposited `amount` into escrow.
     event Deposited(address indexed account, address indexed from, uint256 amount);
@@ -56,8 +59,9 @@ interface ISettlement {
     event Withdrawn(address indexed account, uint256 amount);
     /// @notice `account` repaid `amount` of its debt, to the slack unit that had covered it.
     event DebtRepaid(address indexed account, uint256 amount, uint256 remainingDebt);
-    /// @notice `account` was billed for `slot`: net energy (+ import) and amount (+ paid by it, - paid to it).
-    event Billed(address indexed account, uint32 indexed slot, int256 netWh, int256 amount, uint256 shortfall);
+    /// @notice `account` was billed for `slot`: metered net energy (+ import), its schedule, and the
+    /// deviation's amount (+ paid by it, - paid to it); scheduled energy was paid at the market's price.
+    event Billed(address indexed account, uint32 indexed slot, int256 netWh, int256 scheduledWh, int256 amount, uint256 shortfall);
     /// @notice `account` could not pay `shortfall` of its bill for `slot`; it now owes `totalDebt`.
     event ParticipantInDebt(address indexed account, uint32 indexed slot, uint256 shortfall, uint256 totalDebt);
     /// @notice The price of `slot` was fixed from its demand and supply.
@@ -70,6 +74,10 @@ interface ISettlement {
         uint256 slackAbsorbedWh,
         int256 slackAmount
     );
+    /// @notice `market` paid `amount` for the scheduled energy of `slot` into its pool.
+    event SchedulePaid(uint32 indexed slot, address indexed market, uint256 amount);
+    /// @notice Schedules now come from `source`.
+    event ScheduleSourceSet(address indexed source);
     /// @notice The regulator set the feed-in and retail prices (token base units per kWh).
     event PricesSet(uint256 feedInPrice, uint256 retailPrice);
 

@@ -11,21 +11,28 @@ import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {MeterLedger} from "../metering/MeterLedger.sol";
 import {IParticipantRegistry} from "../registry/IParticipantRegistry.sol";
 import {ISettlement} from "./ISettlement.sol";
+import {IScheduleSink, IScheduleSource} from "./IScheduleSink.sol";
 
 /**
  * @title Settlement
  * @notice Escrow of billing deposits, meter readings (via MeterLedger) and the settlement of
  * every slot in energy tokens.
  *
- * @dev Pricing of a slot S (the seed rule, before the markets exist). Each reading gives a
- * participant's net energy n = import - export in S. D is the sum of positive n (demand), U
- * the sum of -n over negative n (supply). The local price is
+ * @dev Positions and deviations. Each reading gives a participant's metered net energy
+ * n = import - export in slot S. Its position is its schedule q from the markets (day-ahead
+ * awards: + bought, - sold; 0 without markets or trade), and its deviation is d = n - q.
+ * Scheduled energy is settled at the price it was traded at: a buyer paid for it at clearing
+ * (the market moved that money into this slot's pool), a seller is paid floor(|q| * P / 1000)
+ * from the pool when it is billed. Deviations are settled at the real-time price below.
+ *
+ * Real-time pricing of deviations in S. D is the sum of positive d (demand), U the sum of -d
+ * over negative d (supply). The real-time price is
  *
  *     p = feedIn + (retail - feedIn) * D / (D + U)      (midpoint when D + U = 0),
  *
  * rounded down: plenty of local supply pulls it to the feed-in price, scarcity to retail.
- * Local energy, L = min(D, U), is shared pro rata: a buyer gets floor(n * L / D) Wh locally at
- * p and the rest from the slack unit at `retailPrice`; a seller sells floor(-n * L / U) Wh
+ * Local energy, L = min(D, U), is shared pro rata: a buyer gets floor(d * L / D) Wh locally at
+ * p and the rest from the slack unit at `retailPrice`; a seller sells floor(-d * L / U) Wh
  * locally at p and the rest to the slack unit at `feedInPrice`. Buyers' bills round up and
  * sellers' revenues round down (token base units, prices per kWh, energy in Wh).
  *
@@ -33,13 +40,15 @@ import {ISettlement} from "./ISettlement.sol";
  * an ERC-20 transfer. When every reading of S is billed the slot closes and the slack unit,
  * the supplier and buyer of last resort, takes the pool's residual: what buyers paid for
  * slack energy, minus what it owes sellers for their surplus, plus rounding dust. A negative
- * residual comes out of the slack unit's deposit. So tokens are only ever moved, never made.
+ * residual comes out of the slack unit's deposit; a positive one first pays off the slack
+ * unit's own uncovered debt. So tokens are only ever moved, never made.
  * A buyer whose deposit is short pays what it has; the shortfall is recorded as its debt, it
  * is flagged (ParticipantInDebt), and since the slack unit's residual is smaller by exactly
  * that much, the debt is owed to the slack unit: later deposits repay it there first.
  *
- * Energy: the slack unit supplied D - Lb and absorbed U - Lb, where Lb is the energy buyers
- * bought locally; so D = U + supplied - absorbed exactly.
+ * Energy: the slack unit supplied D - Lb and absorbed U - Lb, where Lb is the deviation energy
+ * buyers bought locally; so D = U + supplied - absorbed exactly. Scheduled energy balances by
+ * itself: the day-ahead awards of buyers and sellers are equal.
  *
  * Accounting identity, always: token.balanceOf(this) + badDebt == totalDeposits + openPool,
  * where openPool is the sum of the pools of open slots (briefly negative while sellers are
@@ -50,7 +59,7 @@ import {ISettlement} from "./ISettlement.sol";
  * meter's next reading bills S on its way in (the common case, so one storage write per
  * participant per slot does both), or anyone calls `settle(S, accounts)` after S's deadline.
  */
-contract Settlement is ISettlement, MeterLedger, AccessControl {
+contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
     using SafeERC20 for IERC20;
     using SafeCast for uint256;
 
@@ -58,20 +67,25 @@ contract Settlement is ISettlement, MeterLedger, AccessControl {
     bytes32 public constant REGULATOR_ROLE = keccak256("REGULATOR_ROLE");
     /// @notice Role of the master agent: may request readings, nothing that moves money.
     bytes32 public constant MASTER_ROLE = keccak256("MASTER_ROLE");
+    /// @notice Role of the markets: may pay the cost of scheduled energy into a slot's pool.
+    bytes32 public constant MARKET_ROLE = keccak256("MARKET_ROLE");
+    /// @dev Prices fit 48 bits, so a slot's bills (at most 2^32 Wh each) fit the pool's 112 bits.
+    uint256 private constant MAX_PRICE = type(uint48).max;
 
     /// @dev Two storage slots per market slot, shared by all its participants.
     struct SlotState {
-        uint48 demandWh;
-        uint48 supplyWh;
-        uint48 localWh; // bought locally by buyers so far
+        uint40 demandWh; // positive deviations
+        uint40 supplyWh; // negative deviations
+        uint40 localWh; // deviation energy bought locally by buyers so far
         uint32 readings;
         uint32 billed;
         bool priced;
         bool closed;
-        uint64 price;
-        uint64 feedInPrice;
-        uint64 retailPrice;
-        int64 pool;
+        uint48 scheduledPrice; // the day-ahead price, seen with the first scheduled reading
+        uint48 price;
+        uint48 feedInPrice;
+        uint48 retailPrice;
+        int112 pool;
     }
 
     /// @notice The energy token.
@@ -86,6 +100,8 @@ contract Settlement is ISettlement, MeterLedger, AccessControl {
     int256 public openPool;
     /// @notice What the slack unit owed and could not pay (part of its debt).
     uint256 public badDebt;
+    /// @notice Where schedules come from (the day-ahead market), or zero before markets exist.
+    IScheduleSource public scheduleSource;
 
     mapping(uint32 slot => SlotState) private _slots;
     mapping(address account => uint256) private _debt;
@@ -183,6 +199,29 @@ contract Settlement is ISettlement, MeterLedger, AccessControl {
         emit ReadingsRequested(slot, readingDeadline(slot));
     }
 
+    /**
+     * @notice Sets where schedules come from and lets it pay into slots' pools. Only the admin.
+     * @dev Set before the market's first slot is read: a reading takes the schedule in force
+     * when it arrives.
+     */
+    function setScheduleSource(IScheduleSource source) external onlyRole(DEFAULT_ADMIN_ROLE) {
+        if (address(source) == address(0)) revert SettlementZeroAddress();
+        address previous = address(scheduleSource);
+        if (previous != address(0)) _revokeRole(MARKET_ROLE, previous);
+        scheduleSource = source;
+        _grantRole(MARKET_ROLE, address(source));
+        emit ScheduleSourceSet(address(source));
+    }
+
+    /// @inheritdoc IScheduleSink
+    function recordSchedulePayment(uint32 slot, uint256 amount) external onlyRole(MARKET_ROLE) {
+        SlotState storage s = _slots[slot];
+        if (s.closed) revert SettlementSlotClosed(slot);
+        s.pool += SafeCast.toInt112(SafeCast.toInt256(amount));
+        openPool += int256(amount);
+        emit SchedulePaid(slot, msg.sender, amount);
+    }
+
     // ---------------------------------------------------------------- views
 
     /// @inheritdoc ISettlement
@@ -196,6 +235,7 @@ contract Settlement is ISettlement, MeterLedger, AccessControl {
             billed: s.billed,
             priced: s.priced,
             closed: s.closed,
+            scheduledPrice: s.scheduledPrice,
             price: s.price,
             feedInPrice: s.feedInPrice,
             retailPrice: s.retailPrice,
@@ -211,8 +251,8 @@ contract Settlement is ISettlement, MeterLedger, AccessControl {
             billed: a.billed,
             importWh: a.importWh,
             exportWh: a.exportWh,
-            slotImportWh: a.slotImportWh,
-            slotExportWh: a.slotExportWh,
+            slotNetWh: a.slotNetWh,
+            scheduledWh: a.scheduledWh,
             deposit: a.deposit,
             debt: _debt[account]
         });
@@ -231,20 +271,27 @@ contract Settlement is ISettlement, MeterLedger, AccessControl {
         return a.lastSlot != 0 && !a.billed;
     }
 
-    /// @dev Reserves the worst case of an unbilled slot: all its net import at the retail price.
+    /// @dev Reserves the worst case of an unbilled slot: all its positive deviation at the retail price.
     function _free(Account memory a) private view returns (uint256) {
         uint256 reserve;
-        if (_hasPendingBill(a) && a.slotImportWh > a.slotExportWh) {
-            reserve = Math.ceilDiv(uint256(a.slotImportWh - a.slotExportWh) * retailPrice, 1000);
+        if (_hasPendingBill(a) && a.slotNetWh > a.scheduledWh) {
+            reserve = Math.ceilDiv(uint256(int256(a.slotNetWh) - a.scheduledWh) * retailPrice, 1000);
         }
         return a.deposit > reserve ? a.deposit - reserve : 0;
     }
 
     /// @inheritdoc MeterLedger
-    function _countReading(uint32 slot, uint256 importWh, uint256 exportWh) internal override {
+    function _countReading(address account, uint32 slot, int256 netWh) internal override returns (int256 scheduledWh) {
         SlotState storage s = _slots[slot];
-        if (importWh > exportWh) s.demandWh += uint48(importWh - exportWh);
-        else if (exportWh > importWh) s.supplyWh += uint48(exportWh - importWh);
+        IScheduleSource source = scheduleSource;
+        if (address(source) != address(0)) {
+            uint256 price;
+            (scheduledWh, price) = source.scheduleOf(slot, account);
+            if (scheduledWh != 0 && s.scheduledPrice == 0) s.scheduledPrice = uint48(price);
+        }
+        int256 deviation = netWh - scheduledWh;
+        if (deviation > 0) s.demandWh += uint40(uint256(deviation));
+        else if (deviation < 0) s.supplyWh += uint40(uint256(-deviation));
         s.readings += 1;
     }
 
@@ -253,22 +300,25 @@ contract Settlement is ISettlement, MeterLedger, AccessControl {
         uint32 slot = a.lastSlot;
         SlotState storage s = _slots[slot];
         if (!s.priced) _price(slot, s);
-        uint256 demand = s.demandWh;
-        uint256 supply = s.supplyWh;
-        uint256 local = Math.min(demand, supply);
-        int256 net = int256(uint256(a.slotImportWh)) - int256(uint256(a.slotExportWh));
+        int256 scheduled = a.scheduledWh;
+        int256 deviation = int256(a.slotNetWh) - scheduled;
+        // What the pool owes the account: its scheduled sales (buyers paid for them at clearing)...
+        uint256 earned = scheduled < 0 ? uint256(-scheduled) * s.scheduledPrice / 1000 : 0;
+        uint256 netted; // ...of which this much pays the account's own deviation bill
         int256 amount;
         uint256 shortfall;
-        if (net > 0) {
-            uint256 n = uint256(net);
-            uint256 localWh = n * local / demand;
+        if (deviation > 0) {
+            uint256 n = uint256(deviation);
+            uint256 demand = s.demandWh;
+            uint256 localWh = n * Math.min(demand, s.supplyWh) / demand;
             uint256 cost = Math.ceilDiv(localWh * s.price + (n - localWh) * s.retailPrice, 1000);
-            uint256 paid = Math.min(cost, a.deposit);
-            a.deposit -= uint64(paid);
-            totalDeposits -= paid;
-            s.pool += int64(uint64(paid));
+            uint256 paid = Math.min(cost, a.deposit + earned);
+            netted = Math.min(paid, earned);
+            a.deposit -= uint64(paid - netted);
+            totalDeposits -= paid - netted;
+            s.localWh += uint40(localWh);
+            s.pool += int112(int256(paid));
             openPool += int256(paid);
-            s.localWh += uint48(localWh);
             amount = int256(cost);
             shortfall = cost - paid;
             if (shortfall > 0) {
@@ -276,17 +326,22 @@ contract Settlement is ISettlement, MeterLedger, AccessControl {
                 _debt[account] = debt;
                 emit ParticipantInDebt(account, slot, shortfall, debt);
             }
-        } else if (net < 0) {
-            uint256 n = uint256(-net);
-            uint256 localWh = n * local / supply;
-            payout = (localWh * s.price + (n - localWh) * s.feedInPrice) / 1000;
-            s.pool -= int64(uint64(payout));
-            openPool -= int256(payout);
-            amount = -int256(payout);
+        } else if (deviation < 0) {
+            uint256 n = uint256(-deviation);
+            uint256 supply = s.supplyWh;
+            uint256 localWh = n * Math.min(s.demandWh, supply) / supply;
+            uint256 revenue = (localWh * s.price + (n - localWh) * s.feedInPrice) / 1000;
+            earned += revenue;
+            amount = -int256(revenue);
         }
+        if (earned > 0) {
+            s.pool -= int112(int256(earned));
+            openPool -= int256(earned);
+        }
+        payout = earned - netted;
         s.billed += 1;
         a.billed = true;
-        emit Billed(account, slot, net, amount, shortfall);
+        emit Billed(account, slot, a.slotNetWh, scheduled, amount, shortfall);
     }
 
     /// @inheritdoc MeterLedger
@@ -305,16 +360,16 @@ contract Settlement is ISettlement, MeterLedger, AccessControl {
             ? (feedIn + retail) / 2
             : feedIn + (retail - feedIn) * demand / (demand + supply);
         s.priced = true;
-        s.price = uint64(price);
-        s.feedInPrice = uint64(feedIn);
-        s.retailPrice = uint64(retail);
+        s.price = uint48(price);
+        s.feedInPrice = uint48(feedIn);
+        s.retailPrice = uint48(retail);
         emit SlotPriced(slot, price, demand, supply);
     }
 
     /// @dev Once every reading of `slot` is billed, settles the pool's residual with the slack unit.
     function _closeIfComplete(uint32 slot) private {
         SlotState storage s = _slots[slot];
-        if (s.closed || s.billed < s.readings || s.readings == 0) return;
+        if (s.closed || s.billed < s.readings || (s.readings == 0 && s.pool == 0)) return;
         address slack = registry.slackUnit();
         if (slack == address(0)) revert SettlementNoSlackUnit();
         int256 residual = s.pool;
@@ -324,7 +379,16 @@ contract Settlement is ISettlement, MeterLedger, AccessControl {
         openPool -= residual;
         emit SlotClosed(slot, localWh, s.demandWh - localWh, s.supplyWh - localWh, residual);
         if (residual > 0) {
-            token.safeTransfer(slack, uint256(residual));
+            // The slack unit's uncovered debt is a hole in escrow: fill it first.
+            uint256 amount = uint256(residual);
+            uint256 debt = _debt[slack];
+            uint256 repaid = Math.min(debt, amount);
+            if (repaid > 0) {
+                _debt[slack] = debt - repaid;
+                badDebt -= repaid;
+                emit DebtRepaid(slack, repaid, debt - repaid);
+            }
+            if (amount > repaid) token.safeTransfer(slack, amount - repaid);
         } else if (residual < 0) {
             uint256 owed = uint256(-residual);
             Account storage sa = _accounts[slack];
@@ -363,6 +427,7 @@ contract Settlement is ISettlement, MeterLedger, AccessControl {
             amount -= repaid;
             emit DebtRepaid(account, repaid, debt - repaid);
             address slack = registry.slackUnit();
+            if (slack == address(0)) revert SettlementNoSlackUnit();
             if (account == slack) badDebt -= repaid;
             else _credit(slack, repaid);
         }
@@ -375,9 +440,7 @@ contract Settlement is ISettlement, MeterLedger, AccessControl {
     }
 
     function _setPrices(uint256 feedIn, uint256 retail) private {
-        if (feedIn == 0 || feedIn > retail || retail > uint256(uint64(type(int64).max))) {
-            revert SettlementBadPrices(feedIn, retail);
-        }
+        if (feedIn == 0 || feedIn > retail || retail > MAX_PRICE) revert SettlementBadPrices(feedIn, retail);
         feedInPrice = uint64(feedIn);
         retailPrice = uint64(retail);
         emit PricesSet(feedIn, retail);

@@ -183,8 +183,10 @@ contract SettlementFuzzTest is SettlementTestBase {
             _read(0, slot);
             ISettlement.AccountView memory a = settlement.accountState(accounts[0]);
             require(a.importWh >= beforeImp && a.exportWh >= beforeExp, "a register went down");
-            require(a.slotImportWh == a.importWh - beforeImp, "import not attributed to the reading's slot");
-            require(a.slotExportWh == a.exportWh - beforeExp, "export not attributed to the reading's slot");
+            require(
+                int256(a.slotNetWh) == (int256(uint256(a.importWh)) - int256(uint256(beforeImp))) - (int256(uint256(a.exportWh)) - int256(uint256(beforeExp))),
+                "energy not attributed to the reading's slot"
+            );
         }
         vm.warp(_deadline(firstSlot + 6) + 1);
         settlement.settle(firstSlot + 6, _allAccounts());

@@ -6,21 +6,21 @@ import type { TypedContractEvent, TypedDeferredTopicFilter, TypedEventLog, Typed
   
 export declare namespace ISettlement {
       
-    export type AccountViewStruct = {lastSlot: BigNumberish, billed: boolean, importWh: BigNumberish, exportWh: BigNumberish, slotImportWh: BigNumberish, slotExportWh: BigNumberish, deposit: BigNumberish, debt: BigNumberish}
+    export type AccountViewStruct = {lastSlot: BigNumberish, billed: boolean, importWh: BigNumberish, exportWh: BigNumberish, slotNetWh: BigNumberish, scheduledWh: BigNumberish, deposit: BigNumberish, debt: BigNumberish}
 
-    export type AccountViewStructOutput = [lastSlot: bigint, billed: boolean, importWh: bigint, exportWh: bigint, slotImportWh: bigint, slotExportWh: bigint, deposit: bigint, debt: bigint] & {lastSlot: bigint, billed: boolean, importWh: bigint, exportWh: bigint, slotImportWh: bigint, slotExportWh: bigint, deposit: bigint, debt: bigint }
+    export type AccountViewStructOutput = [lastSlot: bigint, billed: boolean, importWh: bigint, exportWh: bigint, slotNetWh: bigint, scheduledWh: bigint, deposit: bigint, debt: bigint] & {lastSlot: bigint, billed: boolean, importWh: bigint, exportWh: bigint, slotNetWh: bigint, scheduledWh: bigint, deposit: bigint, debt: bigint }
   
 
-    export type SlotViewStruct = {demandWh: BigNumberish, supplyWh: BigNumberish, localWh: BigNumberish, readings: BigNumberish, billed: BigNumberish, priced: boolean, closed: boolean, price: BigNumberish, feedInPrice: BigNumberish, retailPrice: BigNumberish, pool: BigNumberish}
+    export type SlotViewStruct = {demandWh: BigNumberish, supplyWh: BigNumberish, localWh: BigNumberish, readings: BigNumberish, billed: BigNumberish, priced: boolean, closed: boolean, scheduledPrice: BigNumberish, price: BigNumberish, feedInPrice: BigNumberish, retailPrice: BigNumberish, pool: BigNumberish}
 
-    export type SlotViewStructOutput = [demandWh: bigint, supplyWh: bigint, localWh: bigint, readings: bigint, billed: bigint, priced: boolean, closed: boolean, price: bigint, feedInPrice: bigint, retailPrice: bigint, pool: bigint] & {demandWh: bigint, supplyWh: bigint, localWh: bigint, readings: bigint, billed: bigint, priced: boolean, closed: boolean, price: bigint, feedInPrice: bigint, retailPrice: bigint, pool: bigint }
+    export type SlotViewStructOutput = [demandWh: bigint, supplyWh: bigint, localWh: bigint, readings: bigint, billed: bigint, priced: boolean, closed: boolean, scheduledPrice: bigint, price: bigint, feedInPrice: bigint, retailPrice: bigint, pool: bigint] & {demandWh: bigint, supplyWh: bigint, localWh: bigint, readings: bigint, billed: bigint, priced: boolean, closed: boolean, scheduledPrice: bigint, price: bigint, feedInPrice: bigint, retailPrice: bigint, pool: bigint }
   
     }
 
   export interface ISettlementInterface extends Interface {
     getFunction(nameOrSignature: "accountState" | "deposit" | "depositFor" | "depositWithPermit" | "setPrices" | "settle" | "slotState" | "withdraw" | "withdrawable"): FunctionFragment;
 
-    getEvent(nameOrSignatureOrTopic: "Billed" | "DebtRepaid" | "Deposited" | "ParticipantInDebt" | "PricesSet" | "SlotClosed" | "SlotPriced" | "Withdrawn"): EventFragment;
+    getEvent(nameOrSignatureOrTopic: "Billed" | "DebtRepaid" | "Deposited" | "ParticipantInDebt" | "PricesSet" | "SchedulePaid" | "ScheduleSourceSet" | "SlotClosed" | "SlotPriced" | "Withdrawn"): EventFragment;
 
     encodeFunctionData(functionFragment: 'accountState', values: [AddressLike]): string;
 encodeFunctionData(functionFragment: 'deposit', values: [BigNumberish]): string;
@@ -45,9 +45,9 @@ decodeFunctionResult(functionFragment: 'withdrawable', data: BytesLike): Result;
 
   
     export namespace BilledEvent {
-      export type InputTuple = [account: AddressLike, slot: BigNumberish, netWh: BigNumberish, amount: BigNumberish, shortfall: BigNumberish];
-      export type OutputTuple = [account: string, slot: bigint, netWh: bigint, amount: bigint, shortfall: bigint];
-      export interface OutputObject {account: string, slot: bigint, netWh: bigint, amount: bigint, shortfall: bigint };
+      export type InputTuple = [account: AddressLike, slot: BigNumberish, netWh: BigNumberish, scheduledWh: BigNumberish, amount: BigNumberish, shortfall: BigNumberish];
+      export type OutputTuple = [account: string, slot: bigint, netWh: bigint, scheduledWh: bigint, amount: bigint, shortfall: bigint];
+      export interface OutputObject {account: string, slot: bigint, netWh: bigint, scheduledWh: bigint, amount: bigint, shortfall: bigint };
       export type Event = TypedContractEvent<InputTuple, OutputTuple, OutputObject>
       export type Filter = TypedDeferredTopicFilter<Event>
       export type Log = TypedEventLog<Event>
@@ -96,6 +96,30 @@ decodeFunctionResult(functionFragment: 'withdrawable', data: BytesLike): Result;
       export type InputTuple = [feedInPrice: BigNumberish, retailPrice: BigNumberish];
       export type OutputTuple = [feedInPrice: bigint, retailPrice: bigint];
       export interface OutputObject {feedInPrice: bigint, retailPrice: bigint };
+      export type Event = TypedContractEvent<InputTuple, OutputTuple, OutputObject>
+      export type Filter = TypedDeferredTopicFilter<Event>
+      export type Log = TypedEventLog<Event>
+      export type LogDescription = TypedLogDescription<Event>
+    }
+
+  
+
+    export namespace SchedulePaidEvent {
+      export type InputTuple = [slot: BigNumberish, market: AddressLike, amount: BigNumberish];
+      export type OutputTuple = [slot: bigint, market: string, amount: bigint];
+      export interface OutputObject {slot: bigint, market: string, amount: bigint };
+      export type Event = TypedContractEvent<InputTuple, OutputTuple, OutputObject>
+      export type Filter = TypedDeferredTopicFilter<Event>
+      export type Log = TypedEventLog<Event>
+      export type LogDescription = TypedLogDescription<Event>
+    }
+
+  
+
+    export namespace ScheduleSourceSetEvent {
+      export type InputTuple = [source: AddressLike];
+      export type OutputTuple = [source: string];
+      export interface OutputObject {source: string };
       export type Event = TypedContractEvent<InputTuple, OutputTuple, OutputObject>
       export type Filter = TypedDeferredTopicFilter<Event>
       export type Log = TypedEventLog<Event>
@@ -299,13 +323,15 @@ getEvent(key: 'DebtRepaid'): TypedContractEvent<DebtRepaidEvent.InputTuple, Debt
 getEvent(key: 'Deposited'): TypedContractEvent<DepositedEvent.InputTuple, DepositedEvent.OutputTuple, DepositedEvent.OutputObject>;
 getEvent(key: 'ParticipantInDebt'): TypedContractEvent<ParticipantInDebtEvent.InputTuple, ParticipantInDebtEvent.OutputTuple, ParticipantInDebtEvent.OutputObject>;
 getEvent(key: 'PricesSet'): TypedContractEvent<PricesSetEvent.InputTuple, PricesSetEvent.OutputTuple, PricesSetEvent.OutputObject>;
+getEvent(key: 'SchedulePaid'): TypedContractEvent<SchedulePaidEvent.InputTuple, SchedulePaidEvent.OutputTuple, SchedulePaidEvent.OutputObject>;
+getEvent(key: 'ScheduleSourceSet'): TypedContractEvent<ScheduleSourceSetEvent.InputTuple, ScheduleSourceSetEvent.OutputTuple, ScheduleSourceSetEvent.OutputObject>;
 getEvent(key: 'SlotClosed'): TypedContractEvent<SlotClosedEvent.InputTuple, SlotClosedEvent.OutputTuple, SlotClosedEvent.OutputObject>;
 getEvent(key: 'SlotPriced'): TypedContractEvent<SlotPricedEvent.InputTuple, SlotPricedEvent.OutputTuple, SlotPricedEvent.OutputObject>;
 getEvent(key: 'Withdrawn'): TypedContractEvent<WithdrawnEvent.InputTuple, WithdrawnEvent.OutputTuple, WithdrawnEvent.OutputObject>;
 
     filters: {
       
-      'Billed(address,uint32,int256,int256,uint256)': TypedContractEvent<BilledEvent.InputTuple, BilledEvent.OutputTuple, BilledEvent.OutputObject>;
+      'Billed(address,uint32,int256,int256,int256,uint256)': TypedContractEvent<BilledEvent.InputTuple, BilledEvent.OutputTuple, BilledEvent.OutputObject>;
       Billed: TypedContractEvent<BilledEvent.InputTuple, BilledEvent.OutputTuple, BilledEvent.OutputObject>;
     
 
@@ -323,6 +349,14 @@ getEvent(key: 'Withdrawn'): TypedContractEvent<WithdrawnEvent.InputTuple, Withdr
 
       'PricesSet(uint256,uint256)': TypedContractEvent<PricesSetEvent.InputTuple, PricesSetEvent.OutputTuple, PricesSetEvent.OutputObject>;
       PricesSet: TypedContractEvent<PricesSetEvent.InputTuple, PricesSetEvent.OutputTuple, PricesSetEvent.OutputObject>;
+    
+
+      'SchedulePaid(uint32,address,uint256)': TypedContractEvent<SchedulePaidEvent.InputTuple, SchedulePaidEvent.OutputTuple, SchedulePaidEvent.OutputObject>;
+      SchedulePaid: TypedContractEvent<SchedulePaidEvent.InputTuple, SchedulePaidEvent.OutputTuple, SchedulePaidEvent.OutputObject>;
+    
+
+      'ScheduleSourceSet(address)': TypedContractEvent<ScheduleSourceSetEvent.InputTuple, ScheduleSourceSetEvent.OutputTuple, ScheduleSourceSetEvent.OutputObject>;
+      ScheduleSourceSet: TypedContractEvent<ScheduleSourceSetEvent.InputTuple, ScheduleSourceSetEvent.OutputTuple, ScheduleSourceSetEvent.OutputObject>;
     
 
       'SlotClosed(uint32,uint256,uint256,uint256,int256)': TypedContractEvent<SlotClosedEvent.InputTuple, SlotClosedEvent.OutputTuple, SlotClosedEvent.OutputObject>;

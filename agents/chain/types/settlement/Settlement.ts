@@ -6,14 +6,14 @@ import type { TypedContractEvent, TypedDeferredTopicFilter, TypedEventLog, Typed
   
 export declare namespace ISettlement {
       
-    export type AccountViewStruct = {lastSlot: BigNumberish, billed: boolean, importWh: BigNumberish, exportWh: BigNumberish, slotImportWh: BigNumberish, slotExportWh: BigNumberish, deposit: BigNumberish, debt: BigNumberish}
+    export type AccountViewStruct = {lastSlot: BigNumberish, billed: boolean, importWh: BigNumberish, exportWh: BigNumberish, slotNetWh: BigNumberish, scheduledWh: BigNumberish, deposit: BigNumberish, debt: BigNumberish}
 
-    export type AccountViewStructOutput = [lastSlot: bigint, billed: boolean, importWh: bigint, exportWh: bigint, slotImportWh: bigint, slotExportWh: bigint, deposit: bigint, debt: bigint] & {lastSlot: bigint, billed: boolean, importWh: bigint, exportWh: bigint, slotImportWh: bigint, slotExportWh: bigint, deposit: bigint, debt: bigint }
+    export type AccountViewStructOutput = [lastSlot: bigint, billed: boolean, importWh: bigint, exportWh: bigint, slotNetWh: bigint, scheduledWh: bigint, deposit: bigint, debt: bigint] & {lastSlot: bigint, billed: boolean, importWh: bigint, exportWh: bigint, slotNetWh: bigint, scheduledWh: bigint, deposit: bigint, debt: bigint }
   
 
-    export type SlotViewStruct = {demandWh: BigNumberish, supplyWh: BigNumberish, localWh: BigNumberish, readings: BigNumberish, billed: BigNumberish, priced: boolean, closed: boolean, price: BigNumberish, feedInPrice: BigNumberish, retailPrice: BigNumberish, pool: BigNumberish}
+    export type SlotViewStruct = {demandWh: BigNumberish, supplyWh: BigNumberish, localWh: BigNumberish, readings: BigNumberish, billed: BigNumberish, priced: boolean, closed: boolean, scheduledPrice: BigNumberish, price: BigNumberish, feedInPrice: BigNumberish, retailPrice: BigNumberish, pool: BigNumberish}
 
-    export type SlotViewStructOutput = [demandWh: bigint, supplyWh: bigint, localWh: bigint, readings: bigint, billed: bigint, priced: boolean, closed: boolean, price: bigint, feedInPrice: bigint, retailPrice: bigint, pool: bigint] & {demandWh: bigint, supplyWh: bigint, localWh: bigint, readings: bigint, billed: bigint, priced: boolean, closed: boolean, price: bigint, feedInPrice: bigint, retailPrice: bigint, pool: bigint }
+    export type SlotViewStructOutput = [demandWh: bigint, supplyWh: bigint, localWh: bigint, readings: bigint, billed: bigint, priced: boolean, closed: boolean, scheduledPrice: bigint, price: bigint, feedInPrice: bigint, retailPrice: bigint, pool: bigint] & {demandWh: bigint, supplyWh: bigint, localWh: bigint, readings: bigint, billed: bigint, priced: boolean, closed: boolean, scheduledPrice: bigint, price: bigint, feedInPrice: bigint, retailPrice: bigint, pool: bigint }
   
     }
 
@@ -31,11 +31,12 @@ export declare namespace IMeterLedger {
     }
 
   export interface SettlementInterface extends Interface {
-    getFunction(nameOrSignature: "DEFAULT_ADMIN_ROLE" | "MASTER_ROLE" | "REGULATOR_ROLE" | "accountState" | "badDebt" | "currentSlot" | "deposit" | "depositFor" | "depositWithPermit" | "eip712Domain" | "feedInPrice" | "getRoleAdmin" | "grantRole" | "hasRole" | "lastReading" | "openPool" | "readingDeadline" | "readingDigest" | "readingWindow" | "registry" | "renounceRole" | "requestReadings" | "retailPrice" | "revokeRole" | "setPrices" | "settle" | "slotSeconds" | "slotState" | "submitReading" | "submitReadings" | "supportsInterface" | "token" | "totalDeposits" | "withdraw" | "withdrawable"): FunctionFragment;
+    getFunction(nameOrSignature: "DEFAULT_ADMIN_ROLE" | "MARKET_ROLE" | "MASTER_ROLE" | "REGULATOR_ROLE" | "accountState" | "badDebt" | "currentSlot" | "deposit" | "depositFor" | "depositWithPermit" | "eip712Domain" | "feedInPrice" | "getRoleAdmin" | "grantRole" | "hasRole" | "lastReading" | "openPool" | "readingDeadline" | "readingDigest" | "readingWindow" | "recordSchedulePayment" | "registry" | "renounceRole" | "requestReadings" | "retailPrice" | "revokeRole" | "scheduleSource" | "setPrices" | "setScheduleSource" | "settle" | "slotSeconds" | "slotState" | "submitReading" | "submitReadings" | "supportsInterface" | "token" | "totalDeposits" | "withdraw" | "withdrawable"): FunctionFragment;
 
-    getEvent(nameOrSignatureOrTopic: "Billed" | "DebtRepaid" | "Deposited" | "EIP712DomainChanged" | "ParticipantInDebt" | "PricesSet" | "ReadingRecorded" | "ReadingsRequested" | "RoleAdminChanged" | "RoleGranted" | "RoleRevoked" | "SlotClosed" | "SlotPriced" | "Withdrawn"): EventFragment;
+    getEvent(nameOrSignatureOrTopic: "Billed" | "DebtRepaid" | "Deposited" | "EIP712DomainChanged" | "ParticipantInDebt" | "PricesSet" | "ReadingRecorded" | "ReadingsRequested" | "RoleAdminChanged" | "RoleGranted" | "RoleRevoked" | "SchedulePaid" | "ScheduleSourceSet" | "SlotClosed" | "SlotPriced" | "Withdrawn"): EventFragment;
 
     encodeFunctionData(functionFragment: 'DEFAULT_ADMIN_ROLE', values?: undefined): string;
+encodeFunctionData(functionFragment: 'MARKET_ROLE', values?: undefined): string;
 encodeFunctionData(functionFragment: 'MASTER_ROLE', values?: undefined): string;
 encodeFunctionData(functionFragment: 'REGULATOR_ROLE', values?: undefined): string;
 encodeFunctionData(functionFragment: 'accountState', values: [AddressLike]): string;
@@ -54,12 +55,15 @@ encodeFunctionData(functionFragment: 'openPool', values?: undefined): string;
 encodeFunctionData(functionFragment: 'readingDeadline', values: [BigNumberish]): string;
 encodeFunctionData(functionFragment: 'readingDigest', values: [IMeterLedger.ReadingStruct]): string;
 encodeFunctionData(functionFragment: 'readingWindow', values?: undefined): string;
+encodeFunctionData(functionFragment: 'recordSchedulePayment', values: [BigNumberish, BigNumberish]): string;
 encodeFunctionData(functionFragment: 'registry', values?: undefined): string;
 encodeFunctionData(functionFragment: 'renounceRole', values: [BytesLike, AddressLike]): string;
 encodeFunctionData(functionFragment: 'requestReadings', values: [BigNumberish]): string;
 encodeFunctionData(functionFragment: 'retailPrice', values?: undefined): string;
 encodeFunctionData(functionFragment: 'revokeRole', values: [BytesLike, AddressLike]): string;
+encodeFunctionData(functionFragment: 'scheduleSource', values?: undefined): string;
 encodeFunctionData(functionFragment: 'setPrices', values: [BigNumberish, BigNumberish]): string;
+encodeFunctionData(functionFragment: 'setScheduleSource', values: [AddressLike]): string;
 encodeFunctionData(functionFragment: 'settle', values: [BigNumberish, AddressLike[]]): string;
 encodeFunctionData(functionFragment: 'slotSeconds', values?: undefined): string;
 encodeFunctionData(functionFragment: 'slotState', values: [BigNumberish]): string;
@@ -72,6 +76,7 @@ encodeFunctionData(functionFragment: 'withdraw', values: [BigNumberish]): string
 encodeFunctionData(functionFragment: 'withdrawable', values: [AddressLike]): string;
 
     decodeFunctionResult(functionFragment: 'DEFAULT_ADMIN_ROLE', data: BytesLike): Result;
+decodeFunctionResult(functionFragment: 'MARKET_ROLE', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'MASTER_ROLE', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'REGULATOR_ROLE', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'accountState', data: BytesLike): Result;
@@ -90,12 +95,15 @@ decodeFunctionResult(functionFragment: 'openPool', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'readingDeadline', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'readingDigest', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'readingWindow', data: BytesLike): Result;
+decodeFunctionResult(functionFragment: 'recordSchedulePayment', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'registry', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'renounceRole', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'requestReadings', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'retailPrice', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'revokeRole', data: BytesLike): Result;
+decodeFunctionResult(functionFragment: 'scheduleSource', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'setPrices', data: BytesLike): Result;
+decodeFunctionResult(functionFragment: 'setScheduleSource', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'settle', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'slotSeconds', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'slotState', data: BytesLike): Result;
@@ -110,9 +118,9 @@ decodeFunctionResult(functionFragment: 'withdrawable', data: BytesLike): Result;
 
   
     export namespace BilledEvent {
-      export type InputTuple = [account: AddressLike, slot: BigNumberish, netWh: BigNumberish, amount: BigNumberish, shortfall: BigNumberish];
-      export type OutputTuple = [account: string, slot: bigint, netWh: bigint, amount: bigint, shortfall: bigint];
-      export interface OutputObject {account: string, slot: bigint, netWh: bigint, amount: bigint, shortfall: bigint };
+      export type InputTuple = [account: AddressLike, slot: BigNumberish, netWh: BigNumberish, scheduledWh: BigNumberish, amount: BigNumberish, shortfall: BigNumberish];
+      export type OutputTuple = [account: string, slot: bigint, netWh: bigint, scheduledWh: bigint, amount: bigint, shortfall: bigint];
+      export interface OutputObject {account: string, slot: bigint, netWh: bigint, scheduledWh: bigint, amount: bigint, shortfall: bigint };
       export type Event = TypedContractEvent<InputTuple, OutputTuple, OutputObject>
       export type Filter = TypedDeferredTopicFilter<Event>
       export type Log = TypedEventLog<Event>
@@ -241,6 +249,30 @@ decodeFunctionResult(functionFragment: 'withdrawable', data: BytesLike): Result;
 
   
 
+    export namespace SchedulePaidEvent {
+      export type InputTuple = [slot: BigNumberish, market: AddressLike, amount: BigNumberish];
+      export type OutputTuple = [slot: bigint, market: string, amount: bigint];
+      export interface OutputObject {slot: bigint, market: string, amount: bigint };
+      export type Event = TypedContractEvent<InputTuple, OutputTuple, OutputObject>
+      export type Filter = TypedDeferredTopicFilter<Event>
+      export type Log = TypedEventLog<Event>
+      export type LogDescription = TypedLogDescription<Event>
+    }
+
+  
+
+    export namespace ScheduleSourceSetEvent {
+      export type InputTuple = [source: AddressLike];
+      export type OutputTuple = [source: string];
+      export interface OutputObject {source: string };
+      export type Event = TypedContractEvent<InputTuple, OutputTuple, OutputObject>
+      export type Filter = TypedDeferredTopicFilter<Event>
+      export type Log = TypedEventLog<Event>
+      export type LogDescription = TypedLogDescription<Event>
+    }
+
+  
+
     export namespace SlotClosedEvent {
       export type InputTuple = [slot: BigNumberish, localWh: BigNumberish, slackSuppliedWh: BigNumberish, slackAbsorbedWh: BigNumberish, slackAmount: BigNumberish];
       export type OutputTuple = [slot: bigint, localWh: bigint, slackSuppliedWh: bigint, slackAbsorbedWh: bigint, slackAmount: bigint];
@@ -312,6 +344,14 @@ decodeFunctionResult(functionFragment: 'withdrawable', data: BytesLike): Result;
     
     
     DEFAULT_ADMIN_ROLE: TypedContractMethod<
+      [],
+      [string],
+      'view'
+    >
+    
+
+    
+    MARKET_ROLE: TypedContractMethod<
       [],
       [string],
       'view'
@@ -463,6 +503,14 @@ decodeFunctionResult(functionFragment: 'withdrawable', data: BytesLike): Result;
     
 
     
+    recordSchedulePayment: TypedContractMethod<
+      [slot: BigNumberish, amount: BigNumberish, ],
+      [void],
+      'nonpayable'
+    >
+    
+
+    
     registry: TypedContractMethod<
       [],
       [string],
@@ -503,8 +551,24 @@ decodeFunctionResult(functionFragment: 'withdrawable', data: BytesLike): Result;
     
 
     
+    scheduleSource: TypedContractMethod<
+      [],
+      [string],
+      'view'
+    >
+    
+
+    
     setPrices: TypedContractMethod<
       [feedInPrice_: BigNumberish, retailPrice_: BigNumberish, ],
+      [void],
+      'nonpayable'
+    >
+    
+
+    
+    setScheduleSource: TypedContractMethod<
+      [source: AddressLike, ],
       [void],
       'nonpayable'
     >
@@ -594,6 +658,11 @@ decodeFunctionResult(functionFragment: 'withdrawable', data: BytesLike): Result;
     getFunction<T extends ContractMethod = ContractMethod>(key: string | FunctionFragment): T;
 
     getFunction(nameOrSignature: 'DEFAULT_ADMIN_ROLE'): TypedContractMethod<
+      [],
+      [string],
+      'view'
+    >;
+getFunction(nameOrSignature: 'MARKET_ROLE'): TypedContractMethod<
       [],
       [string],
       'view'
@@ -688,6 +757,11 @@ getFunction(nameOrSignature: 'readingWindow'): TypedContractMethod<
       [bigint],
       'view'
     >;
+getFunction(nameOrSignature: 'recordSchedulePayment'): TypedContractMethod<
+      [slot: BigNumberish, amount: BigNumberish, ],
+      [void],
+      'nonpayable'
+    >;
 getFunction(nameOrSignature: 'registry'): TypedContractMethod<
       [],
       [string],
@@ -713,8 +787,18 @@ getFunction(nameOrSignature: 'revokeRole'): TypedContractMethod<
       [void],
       'nonpayable'
     >;
+getFunction(nameOrSignature: 'scheduleSource'): TypedContractMethod<
+      [],
+      [string],
+      'view'
+    >;
 getFunction(nameOrSignature: 'setPrices'): TypedContractMethod<
       [feedInPrice_: BigNumberish, retailPrice_: BigNumberish, ],
+      [void],
+      'nonpayable'
+    >;
+getFunction(nameOrSignature: 'setScheduleSource'): TypedContractMethod<
+      [source: AddressLike, ],
       [void],
       'nonpayable'
     >;
@@ -780,13 +864,15 @@ getEvent(key: 'ReadingsRequested'): TypedContractEvent<ReadingsRequestedEvent.In
 getEvent(key: 'RoleAdminChanged'): TypedContractEvent<RoleAdminChangedEvent.InputTuple, RoleAdminChangedEvent.OutputTuple, RoleAdminChangedEvent.OutputObject>;
 getEvent(key: 'RoleGranted'): TypedContractEvent<RoleGrantedEvent.InputTuple, RoleGrantedEvent.OutputTuple, RoleGrantedEvent.OutputObject>;
 getEvent(key: 'RoleRevoked'): TypedContractEvent<RoleRevokedEvent.InputTuple, RoleRevokedEvent.OutputTuple, RoleRevokedEvent.OutputObject>;
+getEvent(key: 'SchedulePaid'): TypedContractEvent<SchedulePaidEvent.InputTuple, SchedulePaidEvent.OutputTuple, SchedulePaidEvent.OutputObject>;
+getEvent(key: 'ScheduleSourceSet'): TypedContractEvent<ScheduleSourceSetEvent.InputTuple, ScheduleSourceSetEvent.OutputTuple, ScheduleSourceSetEvent.OutputObject>;
 getEvent(key: 'SlotClosed'): TypedContractEvent<SlotClosedEvent.InputTuple, SlotClosedEvent.OutputTuple, SlotClosedEvent.OutputObject>;
 getEvent(key: 'SlotPriced'): TypedContractEvent<SlotPricedEvent.InputTuple, SlotPricedEvent.OutputTuple, SlotPricedEvent.OutputObject>;
 getEvent(key: 'Withdrawn'): TypedContractEvent<WithdrawnEvent.InputTuple, WithdrawnEvent.OutputTuple, WithdrawnEvent.OutputObject>;
 
     filters: {
       
-      'Billed(address,uint32,int256,int256,uint256)': TypedContractEvent<BilledEvent.InputTuple, BilledEvent.OutputTuple, BilledEvent.OutputObject>;
+      'Billed(address,uint32,int256,int256,int256,uint256)': TypedContractEvent<BilledEvent.InputTuple, BilledEvent.OutputTuple, BilledEvent.OutputObject>;
       Billed: TypedContractEvent<BilledEvent.InputTuple, BilledEvent.OutputTuple, BilledEvent.OutputObject>;
     
 
@@ -828,6 +914,14 @@ getEvent(key: 'Withdrawn'): TypedContractEvent<WithdrawnEvent.InputTuple, Withdr
 
       'RoleRevoked(bytes32,address,address)': TypedContractEvent<RoleRevokedEvent.InputTuple, RoleRevokedEvent.OutputTuple, RoleRevokedEvent.OutputObject>;
       RoleRevoked: TypedContractEvent<RoleRevokedEvent.InputTuple, RoleRevokedEvent.OutputTuple, RoleRevokedEvent.OutputObject>;
+    
+
+      'SchedulePaid(uint32,address,uint256)': TypedContractEvent<SchedulePaidEvent.InputTuple, SchedulePaidEvent.OutputTuple, SchedulePaidEvent.OutputObject>;
+      SchedulePaid: TypedContractEvent<SchedulePaidEvent.InputTuple, SchedulePaidEvent.OutputTuple, SchedulePaidEvent.OutputObject>;
+    
+
+      'ScheduleSourceSet(address)': TypedContractEvent<ScheduleSourceSetEvent.InputTuple, ScheduleSourceSetEvent.OutputTuple, ScheduleSourceSetEvent.OutputObject>;
+      ScheduleSourceSet: TypedContractEvent<ScheduleSourceSetEvent.InputTuple, ScheduleSourceSetEvent.OutputTuple, ScheduleSourceSetEvent.OutputObject>;
     
 
       'SlotClosed(uint32,uint256,uint256,uint256,int256)': TypedContractEvent<SlotClosedEvent.InputTuple, SlotClosedEvent.OutputTuple, SlotClosedEvent.OutputObject>;

@@ -60,6 +60,17 @@
         "internalType": "uint32",
         "name": "slot",
         "type": "uint32"
+      }
+    ],
+    "name": "SettlementSlotClosed",
+    "type": "error"
+  },
+  {
+    "inputs": [
+      {
+        "internalType": "uint32",
+        "name": "slot",
+        "type": "uint32"
       },
       {
         "internalType": "uint256",
@@ -115,6 +126,12 @@
         "indexed": false,
         "internalType": "int256",
         "name": "netWh",
+        "type": "int256"
+      },
+      {
+        "indexed": false,
+        "internalType": "int256",
+        "name": "scheduledWh",
         "type": "int256"
       },
       {
@@ -243,6 +260,44 @@
         "type": "uint32"
       },
       {
+        "indexed": true,
+        "internalType": "address",
+        "name": "market",
+        "type": "address"
+      },
+      {
+        "indexed": false,
+        "internalType": "uint256",
+        "name": "amount",
+        "type": "uint256"
+      }
+    ],
+    "name": "SchedulePaid",
+    "type": "event"
+  },
+  {
+    "anonymous": false,
+    "inputs": [
+      {
+        "indexed": true,
+        "internalType": "address",
+        "name": "source",
+        "type": "address"
+      }
+    ],
+    "name": "ScheduleSourceSet",
+    "type": "event"
+  },
+  {
+    "anonymous": false,
+    "inputs": [
+      {
+        "indexed": true,
+        "internalType": "uint32",
+        "name": "slot",
+        "type": "uint32"
+      },
+      {
         "indexed": false,
         "internalType": "uint256",
         "name": "localWh",
@@ -353,14 +408,14 @@
             "type": "uint64"
           },
           {
-            "internalType": "uint32",
-            "name": "slotImportWh",
-            "type": "uint32"
+            "internalType": "int32",
+            "name": "slotNetWh",
+            "type": "int32"
           },
           {
-            "internalType": "uint32",
-            "name": "slotExportWh",
-            "type": "uint32"
+            "internalType": "int32",
+            "name": "scheduledWh",
+            "type": "int32"
           },
           {
             "internalType": "uint256",
@@ -530,6 +585,11 @@
           },
           {
             "internalType": "uint64",
+            "name": "scheduledPrice",
+            "type": "uint64"
+          },
+          {
+            "internalType": "uint64",
             "name": "price",
             "type": "uint64"
           },
@@ -544,9 +604,9 @@
             "type": "uint64"
           },
           {
-            "internalType": "int64",
+            "internalType": "int256",
             "name": "pool",
-            "type": "int64"
+            "type": "int256"
           }
         ],
         "internalType": "struct ISettlement.SlotView",
