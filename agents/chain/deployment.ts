@@ -12,6 +12,7 @@ export const MARKET_FUTURE_IDS = {
   energyToken: "EnergyTokenModule#EnergyToken",
   participantRegistry: "ParticipantRegistryModule#ParticipantRegistry",
   settlement: "SettlementModule#Settlement",
+  dayAheadMarket: "DayAheadMarketModule#DayAheadMarket",
 } as const;
 
 const CONTRACT_NAMES = Object.keys(MARKET_FUTURE_IDS) as MarketContractName[];
@@ -103,6 +104,7 @@ export interface AddressSources {
   energyToken?: string | undefined;
   participantRegistry?: string | undefined;
   settlement?: string | undefined;
+  dayAheadMarket?: string | undefined;
   /** How the caller calls each source, for error messages (a CLI passes its option names). */
   names?: Partial<Record<MarketContractName | "deploymentDir", string>>;
 }
@@ -117,6 +119,7 @@ export function resolveMarketAddresses(sources: AddressSources): MarketAddresses
     energyToken: "energyToken",
     participantRegistry: "participantRegistry",
     settlement: "settlement",
+    dayAheadMarket: "dayAheadMarket",
     ...sources.names,
   };
   const explicit = (name: MarketContractName): string | undefined => {
@@ -132,7 +135,9 @@ export function resolveMarketAddresses(sources: AddressSources): MarketAddresses
   const missing = CONTRACT_NAMES.filter((name) => given[name] === undefined);
   if (missing.length === 0) return given as MarketAddresses;
   if (sources.deploymentDir === undefined) {
-    throw new ConfigError(names.deploymentDir, `not given, so ${missing.map((n) => names[n]).join(" and ")} must be given`);
+    const list = missing.map((n) => names[n]);
+    const listed = list.length > 1 ? `${list.slice(0, -1).join(", ")} and ${list.at(-1)}` : list[0];
+    throw new ConfigError(names.deploymentDir, `not given, so ${listed} must be given`);
   }
   const deployed = marketAddressesFromDeployment(sources.deploymentDir);
   return Object.fromEntries(CONTRACT_NAMES.map((name) => [name, given[name] ?? deployed[name]])) as MarketAddresses;

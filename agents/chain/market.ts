@@ -1,7 +1,16 @@
 import { JsonRpcProvider, Network, type ContractRunner, type Signer } from "ethers";
 import { MarketError } from "../errors.js";
 import type { MarketAddresses, MarketContractName } from "./deployment.js";
-import { EnergyToken__factory, ParticipantRegistry__factory, Settlement__factory, type EnergyToken, type ParticipantRegistry, type Settlement } from "./types/index.js";
+import {
+  DayAheadMarket__factory,
+  EnergyToken__factory,
+  ParticipantRegistry__factory,
+  Settlement__factory,
+  type DayAheadMarket,
+  type EnergyToken,
+  type ParticipantRegistry,
+  type Settlement,
+} from "./types/index.js";
 
 /** The JSON-RPC endpoint does not answer, or answers something that is not Ethereum. */
 export class ChainConnectionError extends MarketError {
@@ -39,6 +48,7 @@ export interface MarketContracts {
   energyToken: EnergyToken;
   participantRegistry: ParticipantRegistry;
   settlement: Settlement;
+  dayAheadMarket: DayAheadMarket;
 }
 
 export interface ProviderOptions {
@@ -131,5 +141,6 @@ export async function connectMarket(options: ConnectOptions): Promise<MarketCont
     energyToken: EnergyToken__factory.connect(options.addresses.energyToken, runner),
     participantRegistry: ParticipantRegistry__factory.connect(options.addresses.participantRegistry, runner),
     settlement: Settlement__factory.connect(options.addresses.settlement, runner),
+    dayAheadMarket: DayAheadMarket__factory.connect(options.addresses.dayAheadMarket, runner),
   };
 }

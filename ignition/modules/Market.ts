@@ -2,6 +2,7 @@ import { buildModule } from "@nomicfoundation/hardhat-ignition/modules";
 import EnergyTokenModule from "./EnergyToken.js";
 import ParticipantRegistryModule from "./ParticipantRegistry.js";
 import SettlementModule from "./Settlement.js";
+import DayAheadMarketModule from "./DayAheadMarket.js";
 
 /**
  * The whole market: deploy this one. Each concern has its own module (and so its own
@@ -17,6 +18,7 @@ export default buildModule("MarketModule", (m) => {
   const { energyToken } = m.useModule(EnergyTokenModule);
   const { participantRegistry } = m.useModule(ParticipantRegistryModule);
   const { settlement } = m.useModule(SettlementModule);
+  const { dayAheadMarket } = m.useModule(DayAheadMarketModule);
 
-  return { energyToken, participantRegistry, settlement };
+  return { energyToken, participantRegistry, settlement, dayAheadMarket };
 });

@@ -9,6 +9,7 @@ const TOKEN = "0x5FbDB2315678afecb367f032d93F642f64180aa3";
 const REGISTRY = "0xe7f1725E7734CE288F8367e1Bb143E90bb3F0512";
 const OTHER = "0x9fE46736679d2D9a65F0992F2272dE9f3c7fa6e0";
 const SETTLEMENT = "0xCf7Ed3AccA5a467e9e704C703E8D87F634fB0Fc9";
+const DAY_AHEAD = "0xDc64a140Aa3E981100a9becA4E685f962f0cF6C9";
 
 describe("deployment addresses", () => {
   let root: string;
@@ -28,10 +29,16 @@ describe("deployment addresses", () => {
         "EnergyTokenModule#EnergyToken": TOKEN.toLowerCase(),
         "ParticipantRegistryModule#ParticipantRegistry": REGISTRY,
         "SettlementModule#Settlement": SETTLEMENT,
+        "DayAheadMarketModule#DayAheadMarket": DAY_AHEAD,
       }),
     );
-    expect(marketAddressesFromDeployment(dir)).to.deep.equal({ energyToken: TOKEN, participantRegistry: REGISTRY, settlement: SETTLEMENT });
-    expect(resolveMarketAddresses({ deploymentDir: dir, energyToken: OTHER })).to.deep.equal({ energyToken: OTHER, participantRegistry: REGISTRY, settlement: SETTLEMENT });
+    expect(marketAddressesFromDeployment(dir)).to.deep.equal({ energyToken: TOKEN, participantRegistry: REGISTRY, settlement: SETTLEMENT, dayAheadMarket: DAY_AHEAD });
+    expect(resolveMarketAddresses({ deploymentDir: dir, energyToken: OTHER })).to.deep.equal({
+      energyToken: OTHER,
+      participantRegistry: REGISTRY,
+      settlement: SETTLEMENT,
+      dayAheadMarket: DAY_AHEAD,
+    });
   });
 
   it("explains a missing folder, bad JSON and a missing contract", () => {
@@ -42,10 +49,10 @@ describe("deployment addresses", () => {
   });
 
   it("takes explicit addresses, naming the option when one is missing or wrong", () => {
-    const all = { energyToken: TOKEN, participantRegistry: REGISTRY, settlement: SETTLEMENT };
+    const all = { energyToken: TOKEN, participantRegistry: REGISTRY, settlement: SETTLEMENT, dayAheadMarket: DAY_AHEAD };
     expect(resolveMarketAddresses(all)).to.deep.equal(all);
-    const names = { deploymentDir: "--deployment", energyToken: "--token", participantRegistry: "--registry", settlement: "--settlement" };
-    expect(() => resolveMarketAddresses({ energyToken: TOKEN, names })).to.throw(ConfigError, "--deployment: not given, so --registry and --settlement must be given");
+    const names = { deploymentDir: "--deployment", energyToken: "--token", participantRegistry: "--registry", settlement: "--settlement", dayAheadMarket: "--day-ahead" };
+    expect(() => resolveMarketAddresses({ energyToken: TOKEN, names })).to.throw(ConfigError, "--deployment: not given, so --registry, --settlement and --day-ahead must be given");
     expect(() => resolveMarketAddresses({ ...all, energyToken: TOKEN.replace("aa3", "AA3"), names })).to.throw(
       ConfigError,
       /--token: .* checksum does not match/,
