@@ -8,11 +8,11 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { expect } from "chai";
-import { Signature, TypedDataEncoder, recoverAddress, verifyTypedData, type JsonRpcProvider, type Wallet } from "ethers";
+import { HDNodeWallet, Signature, TypedDataEncoder, recoverAddress, verifyTypedData, type JsonRpcProvider, type Wallet } from "ethers";
 import { SimClock, slotAt, slotStartMs } from "../../agents/clock.js";
 import { findFreePort } from "../../agents/chain/localNode.js";
 import { openProvider } from "../../agents/chain/market.js";
-import { READING_TYPES, fromJson } from "../../agents/chain/readings.js";
+import { READING_TYPES, fromJson, signReading, toJson } from "../../agents/chain/readings.js";
 import { Settlement__factory } from "../../agents/chain/types/index.js";
 import { MasterAgent, type MasterState } from "../../agents/master/masterAgent.js";
 import { ReadingInbox } from "../../agents/master/readingInbox.js";
@@ -62,7 +62,7 @@ describe("meter agent (in-process, real node, Modbus TCP meter, files)", functio
     dir = mkdtempSync(path.join(tmpdir(), "meter-agent-test-"));
     m = await startTestMarket();
     participants = await m.addParticipants([
-      ...Array.from({ length: 7 }, (_, i) => ({ name: `house-${i + 1}`, kind: "consumer" as const, accountIndex: i + 1 })),
+      ...Array.from({ length: 8 }, (_, i) => ({ name: `house-${i + 1}`, kind: "consumer" as const, accountIndex: i + 1 })),
       { name: "slack", kind: "slackUnit", accountIndex: 19, mint: "1000", deposit: "500" },
     ]);
   });
@@ -225,6 +225,49 @@ describe("meter agent (in-process, real node, Modbus TCP meter, files)", functio
     await r.agent.tick();
     expect(r.agent.pendingSlots(), "seen on chain: no longer pending").to.deep.equal([]);
     expect((await r.store.load())!.pending).to.deep.equal({});
+  });
+
+  it("still gets its reading on chain, unchanged, when someone posts a forged one over it in the master's inbox", async () => {
+    const p = participants[7]!;
+    const { first, clock } = await freshStart();
+    const inbox = new ReadingInbox(() => {});
+    const inboxUrl = await inbox.listen();
+    cleanups.push(() => inbox.close());
+    const r = await rig(p, clock, { masterUrl: inboxUrl, seed: 18 });
+    const masterLogs = new LogCollector();
+    const master = new MasterAgent({
+      settlement: m.settlement,
+      registry: m.registry,
+      inbox,
+      store: new JsonStore<MasterState>(path.join(dir, "master-forgery.json")),
+      clock,
+      logger: masterLogs.logger,
+      collectTimeoutMs: 1_500,
+    });
+    await master.init();
+
+    await moveTo(clock, endMs(first) + 2_000);
+    await r.agent.tick();
+    const shown = await r.registersNow();
+    const cycle = master.handleSlotEnd(first);
+    while (inbox.count(first) === 0) {
+      await r.agent.tick();
+      await delay(20);
+    }
+    // Anyone can reach the inbox: a forged reading of the same account and slot replaces the genuine one there.
+    const forger = HDNodeWallet.createRandom();
+    const forged = await signReading(forger as unknown as Wallet, m.domain(), { account: p.account, slot: first, importWh: 1n, exportWh: 0n });
+    const res = await fetch(new URL("/readings", inboxUrl), { method: "POST", body: JSON.stringify(toJson(forged)) });
+    expect(res.status).to.equal(202);
+    await cycle;
+    expect(masterLogs.find("reading refused", { account: p.account, slot: first }), masterLogs.dump()).to.have.length(1);
+    expect((await lastOnChain(p.account)).slot, "the forgery was not relayed").to.equal(0);
+    expect((await r.store.load())!.pending[String(first)]!.sentToMaster).to.equal(true);
+
+    // The master relayed nothing for it, so the agent submits the genuine reading itself.
+    await moveTo(clock, endMs(first) + SELF_SUBMIT_AFTER_MS);
+    await r.agent.tick();
+    expect(await lastOnChain(p.account)).to.deep.equal({ slot: first, ...shown });
   });
 
   it("submits alone when the master stays silent past selfSubmitAfterMs, and not before", async () => {
