@@ -38,27 +38,40 @@ runCli(async () => {
       logger: jsonLineLogger((line) => logFile.write(line)),
       onProgress: (m) => process.stderr.write(`… ${m}\n`),
       onSlot: printSlot,
+      onDayAhead: (results) => {
+        const volume = results.reduce((a, r) => a + r.volumeWh, 0n);
+        const traded = results.filter((r) => r.volumeWh > 0n);
+        const prices = traded.map((r) => Number(formatUnits(r.price, 6)));
+        process.stdout.write(
+          `\nDay-ahead auction: ${results.length} slots cleared, ${traded.length} with trade, ${kwh(volume)} scheduled` +
+            (prices.length ? `, prices ${Math.min(...prices).toFixed(4)}–${Math.max(...prices).toFixed(4)} per kWh` : "") +
+            "\n",
+        );
+      },
     },
     async (run) => {
-      process.stdout.write(`\n${"slot (UTC)".padEnd(17)} ${"price/kWh".padStart(9)} ${"demand".padStart(9)} ${"supply".padStart(9)} ${"local".padStart(9)} ${"slack in".padStart(9)} ${"slack out".padStart(9)} ${"payments".padStart(10)}\n`);
       const result = await run();
       const { reports, households, settlement, market } = result;
 
       const sum = (f: (r: SlotReport) => bigint): bigint => reports.reduce((a, r) => a + f(r), 0n);
       const demand = sum((r) => r.demandWh);
       const local = sum((r) => r.localWh);
+      const metered = sum((r) => r.bills.reduce((a, b) => a + (b.netWh > 0n ? b.netWh : 0n), 0n));
       process.stdout.write(`\nDay summary (${reports.length} slots, ${((Date.now() - started) / 1000).toFixed(0)} s)\n`);
       process.stdout.write(
         formatTable(
           ["figure", "value"],
           [
-            ["neighbourhood demand", kwh(demand)],
-            ["neighbourhood supply", kwh(sum((r) => r.supplyWh))],
-            ["traded locally", `${kwh(local)} (${demand === 0n ? 0 : Number((local * 1000n) / demand) / 10}% of demand)`],
+            ["households' metered net import", kwh(metered)],
+            ["scheduled day-ahead (traded locally)", kwh(sum((r) => r.dayAheadVolumeWh))],
+            ["deviations from schedules", kwh(sum((r) => r.bills.reduce((a, b) => a + abs(b.netWh - b.scheduledWh), 0n)))],
+            ["real-time demand (upward deviations)", kwh(demand)],
+            ["real-time supply (downward deviations)", kwh(sum((r) => r.supplyWh))],
+            ["real-time traded locally", `${kwh(local)} (${demand === 0n ? 0 : Number((local * 1000n) / demand) / 10}% of real-time demand)`],
             ["supplied by the slack unit", kwh(sum((r) => r.slackSuppliedWh))],
             ["absorbed by the slack unit", kwh(sum((r) => r.slackAbsorbedWh))],
             ["slack unit's net takings", tokens(sum((r) => r.slackAmount))],
-            ["bills paid (sum)", tokens(sum((r) => r.bills.reduce((a, b) => a + (b.amount > 0n ? b.amount : 0n), 0n)))],
+            ["real-time bills paid (sum)", tokens(sum((r) => r.bills.reduce((a, b) => a + (b.amount > 0n ? b.amount : 0n), 0n)))],
           ],
           new Set([1]),
         ) + "\n",
@@ -68,24 +81,74 @@ runCli(async () => {
       const rows: string[][] = [];
       for (const h of households) {
         const [wallet, state] = await Promise.all([market.energyToken.balanceOf(h.account), settlement.accountState(h.account)]);
-        const bills = reports.flatMap((r) => r.bills).filter((b) => b.account === h.account);
-        const paid = bills.reduce((a, b) => a + (b.amount > 0n ? b.amount : 0n), 0n);
-        const received = bills.reduce((a, b) => a + (b.amount < 0n ? -b.amount : 0n), 0n);
-        rows.push([h.member.name, h.member.kind, h.account.slice(0, 10) + "…", tokens(paid), tokens(received), tokens(wallet), tokens(state.deposit), state.debt > 0n ? tokens(state.debt) : "-"]);
+        let dayAheadNet = 0n; // + paid, - received, at the day-ahead price
+        let realTimeNet = 0n;
+        for (const r of reports) {
+          for (const b of r.bills.filter((x) => x.account === h.account)) {
+            dayAheadNet += (b.scheduledWh * r.dayAheadPrice) / 1000n;
+            realTimeNet += b.amount;
+          }
+        }
+        rows.push([h.member.name, h.member.kind, h.account.slice(0, 10) + "…", tokens(dayAheadNet), tokens(realTimeNet), tokens(wallet), tokens(state.deposit), state.debt > 0n ? tokens(state.debt) : "-"]);
       }
-      process.stdout.write(formatTable(["household", "kind", "account", "paid", "received", "wallet", "deposit", "debt"], rows, new Set([3, 4, 5, 6, 7])) + "\n");
+      process.stdout.write("(day-ahead and real-time: net paid, negative when received)\n");
+      process.stdout.write(formatTable(["household", "kind", "account", "day-ahead", "real-time", "wallet", "deposit", "debt"], rows, new Set([3, 4, 5, 6, 7])) + "\n");
       process.stdout.write(`\nAgents' logs: ${values.log}\n`);
     },
   );
   logFile.end();
 });
 
+const COLUMNS: Array<[string, number]> = [
+  ["slot (UTC)", 11],
+  ["DA price", 8],
+  ["DA kWh", 7],
+  ["metered", 7],
+  ["deviation", 9],
+  ["RT price", 8],
+  ["local", 6],
+  ["slack+", 6],
+  ["slack-", 6],
+  ["bills", 7],
+];
+let headerPrinted = false;
+
+/** One line per settled slot: day-ahead result, what was metered, how far it deviated, real time. */
 function printSlot(r: SlotReport): void {
-  const start = new Date(r.slot * 900 * 1000).toISOString().slice(0, 16).replace("T", " ");
-  const payments = r.bills.reduce((a, b) => a + (b.amount > 0n ? b.amount : -b.amount), 0n);
-  process.stdout.write(
-    `${start.padEnd(17)} ${formatUnits(r.price, 6).padStart(9)} ${kwh(r.demandWh).padStart(9)} ${kwh(r.supplyWh).padStart(9)} ${kwh(r.localWh).padStart(9)} ${kwh(r.slackSuppliedWh).padStart(9)} ${kwh(r.slackAbsorbedWh).padStart(9)} ${tokens(payments).padStart(10)}${r.closed ? "" : "  (open)"}\n`,
-  );
+  if (!headerPrinted) {
+    headerPrinted = true;
+    process.stdout.write(`\n${COLUMNS.map(([h, w], i) => (i === 0 ? h.padEnd(w) : h.padStart(w))).join(" ")}\n`);
+    process.stdout.write("(energy in kWh, prices in tokens per kWh; metered = households' net import; deviation = sum of |metered - scheduled|)\n");
+  }
+  const start = new Date(r.slot * 900 * 1000).toISOString().slice(5, 16).replace("T", " ");
+  const metered = r.bills.reduce((a, b) => a + (b.netWh > 0n ? b.netWh : 0n), 0n);
+  const deviation = r.bills.reduce((a, b) => a + abs(b.netWh - b.scheduledWh), 0n);
+  const bills = r.bills.reduce((a, b) => a + abs(b.amount), 0n);
+  const cells = [
+    start,
+    r.dayAheadVolumeWh > 0n ? price(r.dayAheadPrice) : "-",
+    num(r.dayAheadVolumeWh),
+    num(metered),
+    num(deviation),
+    price(r.price),
+    num(r.localWh),
+    num(r.slackSuppliedWh),
+    num(r.slackAbsorbedWh),
+    Number(formatUnits(bills, 6)).toFixed(3),
+  ];
+  process.stdout.write(`${cells.map((c, i) => (i === 0 ? c.padEnd(COLUMNS[i]![1]) : c.padStart(COLUMNS[i]![1]))).join(" ")}${r.closed ? "" : "  (open)"}\n`);
+}
+
+function abs(x: bigint): bigint {
+  return x < 0n ? -x : x;
+}
+
+function num(wh: bigint): string {
+  return (Number(wh) / 1000).toFixed(2);
+}
+
+function price(units: bigint): string {
+  return Number(formatUnits(units, 6)).toFixed(4);
 }
 
 function kwh(wh: bigint): string {

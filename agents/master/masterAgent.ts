@@ -1,9 +1,10 @@
 import { slotAt, slotStartMs, type Clock } from "../clock.js";
 import type { SignedReading } from "../chain/readings.js";
-import type { ParticipantRegistry, Settlement } from "../chain/types/index.js";
+import type { DayAheadMarket, ParticipantRegistry, Settlement } from "../chain/types/index.js";
 import type { Logger } from "../log.js";
 import { shortError } from "../meter-agent/meterAgent.js";
 import type { JsonStore } from "../meter-agent/store.js";
+import type { DayAheadClearer } from "./dayAheadClearer.js";
 import type { ReadingInbox } from "./readingInbox.js";
 
 /** What the master remembers across restarts. */
@@ -30,12 +31,15 @@ export interface MasterOptions {
   logLookbackBlocks?: number;
   /** Oldest slot a catch-up goes back to, counted from now (default one day). */
   maxCatchUpSlots?: number;
+  /** The day-ahead market: cleared at each cycle once gates close, and shown in reports. */
+  dayAhead?: { market: DayAheadMarket; clearer: DayAheadClearer } | undefined;
 }
 
 /** A participant's bill for a slot, from the Billed event. */
 export interface Bill {
   account: string;
   netWh: bigint;
+  scheduledWh: bigint;
   amount: bigint;
   shortfall: bigint;
 }
@@ -53,6 +57,9 @@ export interface SlotReport {
   slackAbsorbedWh: bigint;
   /** Tokens the slack unit took (+) or paid (-). */
   slackAmount: bigint;
+  /** The day-ahead result (0 without a market or trade). */
+  dayAheadPrice: bigint;
+  dayAheadVolumeWh: bigint;
   bills: Bill[];
 }
 
@@ -120,6 +127,7 @@ export class MasterAgent {
     const report = await this.settleSlot(slot - 1);
     state.lastHandledSlot = slot;
     await this.o.store.save(state);
+    await this.o.dayAhead?.clearer.clearDue(this.o.clock.now());
     return report;
   }
 
@@ -206,8 +214,9 @@ export class MasterAgent {
     const { settlement } = this.o;
     const latest = await settlement.runner!.provider!.getBlockNumber();
     const from = Math.max(0, latest - (this.o.logLookbackBlocks ?? 5_000));
-    const [view, billed, closed] = await Promise.all([
+    const [view, book, billed, closed] = await Promise.all([
       settlement.slotState(slot),
+      this.o.dayAhead?.market.book(slot),
       settlement.queryFilter(settlement.filters.Billed(undefined, slot), from, latest),
       settlement.queryFilter(settlement.filters.SlotClosed(slot), from, latest),
     ]);
@@ -223,7 +232,15 @@ export class MasterAgent {
       slackSuppliedWh: close?.slackSuppliedWh ?? 0n,
       slackAbsorbedWh: close?.slackAbsorbedWh ?? 0n,
       slackAmount: close?.slackAmount ?? 0n,
-      bills: billed.map((l) => ({ account: l.args.account, netWh: l.args.netWh, amount: l.args.amount, shortfall: l.args.shortfall })),
+      dayAheadPrice: book?.price ?? 0n,
+      dayAheadVolumeWh: book?.volumeWh ?? 0n,
+      bills: billed.map((l) => ({
+        account: l.args.account,
+        netWh: l.args.netWh,
+        scheduledWh: l.args.scheduledWh,
+        amount: l.args.amount,
+        shortfall: l.args.shortfall,
+      })),
     };
   }
 

@@ -3,6 +3,7 @@ import { slotAt, slotStartMs, type Clock } from "../clock.js";
 import { fromJson, readingDomain, signReading, toJson, type SignedReading, type SignedReadingJson } from "../chain/readings.js";
 import type { Settlement } from "../chain/types/index.js";
 import type { Logger } from "../log.js";
+import { SLOTS_PER_DAY, type DayAheadTrader, type SlotHistory } from "./dayAheadTrader.js";
 import type { JsonStore } from "./store.js";
 
 /** What the agent needs of a meter: its cumulative registers, now. */
@@ -25,6 +26,12 @@ export interface MeterAgentState {
   lastImportWh: string;
   lastExportWh: string;
   pending: Record<string, PendingReading>;
+  /** The slot of the last signed reading, to tell a contiguous slot from a gap. */
+  lastSignedSlot?: number;
+  /** Net energy per slot over the last days: what the day-ahead forecast learns from. */
+  history?: SlotHistory;
+  /** First slot of the last day whose day-ahead orders were placed. */
+  dayAheadFirstSlot?: number;
 }
 
 export interface MeterAgentOptions {
@@ -40,6 +47,8 @@ export interface MeterAgentOptions {
   logger: Logger;
   /** Where the master takes signed readings (POST /readings); none: always self-submit. */
   masterUrl?: string | undefined;
+  /** Day-ahead trading for the household, if it takes part. */
+  dayAhead?: DayAheadTrader | undefined;
   /** After a slot ends, how long to wait for the master before submitting alone (ms). */
   selfSubmitAfterMs: number;
   /** The latest a poll after a slot's end still counts as that slot's closing reading (ms). */
@@ -76,6 +85,7 @@ export class MeterAgent {
     this.slotSeconds = Number(slotSeconds);
     this.readingWindowMs = Number(window) * 1000;
     this.domain = readingDomain(network.chainId, address);
+    await this.o.dayAhead?.init();
     this.state = (await this.o.store.load()) ?? {
       lastClosedSlot: slotAt(this.o.clock.now(), this.slotSeconds) - 1,
       lastImportWh: "0",
@@ -102,6 +112,7 @@ export class MeterAgent {
       await this.poll();
       await this.checkRequests();
       await this.flush();
+      await this.tradeDayAhead();
     });
   }
 
@@ -136,6 +147,11 @@ export class MeterAgent {
     }
     const signed = await signReading(this.o.meterKey, this.domain!, { account: this.o.account, slot: ended, ...registers });
     state.pending[String(ended)] = { signed: toJson(signed), sentToMaster: false };
+    if (state.lastSignedSlot === ended - 1) {
+      const net = registers.importWh - BigInt(state.lastImportWh) - (registers.exportWh - BigInt(state.lastExportWh));
+      this.recordHistory(ended, Number(net));
+    }
+    state.lastSignedSlot = ended;
     state.lastClosedSlot = ended;
     state.lastImportWh = registers.importWh.toString();
     state.lastExportWh = registers.exportWh.toString();
@@ -156,6 +172,35 @@ export class MeterAgent {
     } catch (e) {
       this.o.logger({ level: "warn", msg: "node unreachable; will retry", error: shortError(e) });
     }
+  }
+
+  /** Adds what the household used (+) or fed in (-) in `slot`, keeping eight days. */
+  recordHistory(slot: number, netWh: number): void {
+    const state = this.mustState();
+    const history = (state.history ??= {});
+    history[String(slot)] = netWh;
+    for (const key of Object.keys(history)) if (Number(key) < slot - 8 * SLOTS_PER_DAY) delete history[key];
+  }
+
+  /** The day-ahead orders of the household, once a day before gate closure. */
+  private async tradeDayAhead(): Promise<void> {
+    const trader = this.o.dayAhead;
+    if (trader === undefined) return;
+    const state = this.mustState();
+    const firstSlot = trader.dueDay(this.o.clock.now(), state.dayAheadFirstSlot);
+    if (firstSlot === undefined) return;
+    try {
+      await trader.trade(firstSlot, state.history ?? {});
+      state.dayAheadFirstSlot = firstSlot;
+      await this.o.store.save(state);
+    } catch (e) {
+      this.o.logger({ level: "warn", msg: "day-ahead orders failed; will retry", firstSlot, error: shortError(e) });
+    }
+  }
+
+  /** The first slot of the last day traded day-ahead, if any. */
+  get dayAheadFirstSlot(): number | undefined {
+    return this.mustState().dayAheadFirstSlot;
   }
 
   private async flush(): Promise<void> {

@@ -8,13 +8,15 @@ import { connectMarket, openProvider, type MarketContracts } from "../chain/mark
 import type { ParticipantKind, ParticipantSpec } from "../chain/participants.js";
 import { Settlement__factory, type Settlement } from "../chain/types/index.js";
 import { silentLogger, type Logger } from "../log.js";
+import { DayAheadClearer, type DayAheadSlotResult } from "../master/dayAheadClearer.js";
 import { MasterAgent, type MasterState, type SlotReport } from "../master/masterAgent.js";
 import { ReadingInbox } from "../master/readingInbox.js";
+import { DayAheadTrader, DEFAULT_STRATEGY, type PriceStrategy } from "../meter-agent/dayAheadTrader.js";
 import { MeterAgent, type MeterAgentState } from "../meter-agent/meterAgent.js";
 import { JsonStore } from "../meter-agent/store.js";
 import { ModbusMeter } from "../meters/modbusMeter.js";
 import { SDM630 } from "../meters/registerMaps.js";
-import type { HouseholdKind } from "./profiles.js";
+import { HouseholdSimulator, type HouseholdKind } from "./profiles.js";
 import { defaultNeighbourhood, startMeterServers, type NeighbourhoodMember, type RunningMeter } from "./neighbourhood.js";
 
 const TOKEN = (tokens: string): bigint => parseUnits(tokens, 6);
@@ -48,6 +50,10 @@ export interface SimulatedMarketOptions {
   logger?: Logger;
   /** Called with each settled slot's report. */
   onSlot?: (report: SlotReport) => void;
+  /** Called with the day-ahead results once the day's slots are cleared. */
+  onDayAhead?: (results: DayAheadSlotResult[]) => void;
+  /** Run the day-ahead round before the day (default true). */
+  dayAhead?: boolean;
   onProgress?: (message: string) => void;
   /** Tokens minted to each household and deposited into escrow. */
   mintTokens?: string;
@@ -57,6 +63,7 @@ export interface SimulatedMarketOptions {
 export interface SimulatedMarketResult {
   households: Household[];
   reports: SlotReport[];
+  dayAhead: DayAheadSlotResult[];
   market: MarketContracts;
   settlement: Settlement;
 }
@@ -100,12 +107,18 @@ export async function withSimulatedMarket<T>(
     await distribute(market, households.map((h) => spec(h, options.mintTokens ?? "100")));
     for (const h of households) await (await admin.sendTransaction({ to: h.meterKey.address, value: parseEther("1") })).wait();
     await depositAll(settlement, market, households, options.depositTokens ?? "60");
+    await approveDayAhead(market, households);
 
     const run = async (): Promise<SimulatedMarketResult> => {
       const slotSeconds = Number(await settlement.slotSeconds());
       const firstDay = options.day ?? nextMidsummer(await chainTimeMs(provider));
       const daySlot = slotAt(firstDay.getTime(), slotSeconds);
-      const clock = new SimClock(slotStartMs(daySlot - 1, slotSeconds));
+      const withDayAhead = options.dayAhead ?? true;
+      const dayMs = 86_400_000;
+      const gateLeadMs = Number(await market.dayAheadMarket.gateLeadSeconds()) * 1000;
+      // With the day-ahead round, start an hour before gate closure on the day before.
+      const startMs = withDayAhead ? firstDay.getTime() - gateLeadMs - 3_600_000 : slotStartMs(daySlot - 1, slotSeconds);
+      const clock = new SimClock(startMs);
       await setChainTime(provider, clock.now());
 
       const stateDir = options.stateDir ?? path.join(".demo", "state");
@@ -133,15 +146,30 @@ export async function withSimulatedMarket<T>(
           masterUrl: inboxUrl,
           selfSubmitAfterMs: 240_000,
           captureLagMs: 60_000,
+          dayAhead: withDayAhead
+            ? new DayAheadTrader({
+                account: h.account,
+                market: market.dayAheadMarket.connect(h.meterKey),
+                strategy: strategyOf(agents.length),
+                tradeLeadMs: 2 * 3_600_000,
+                logger: (r) => logger({ ...r, agent: m.member.id }),
+              })
+            : undefined,
         });
         await agent.init();
+        // The agent forecasts from its own metered history; it starts with the day before the
+        // demo's day, simulated, as if it had been running since then.
+        for (const [slot, wh] of previousDay(m.member, daySlot, slotSeconds)) agent.recordHistory(slot, wh);
         agents.push(agent);
       }
       // The agents run on their own, as on a Pi, only with a fast poll.
       const timer = setInterval(() => agents.forEach((a) => void a.tick()), 40);
       cleanups.push(() => clearInterval(timer));
 
+      const clearer = new DayAheadClearer({ market: market.dayAheadMarket.connect(admin), logger: (r) => logger({ ...r, agent: "master" }) });
+      await clearer.init();
       const master = new MasterAgent({
+        dayAhead: { market: market.dayAheadMarket, clearer },
         settlement,
         registry: market.participantRegistry,
         inbox,
@@ -151,6 +179,19 @@ export async function withSimulatedMarket<T>(
         collectTimeoutMs: 5_000,
       });
       await master.init();
+
+      let dayAhead: DayAheadSlotResult[] = [];
+      if (withDayAhead) {
+        // The agents trade during the hour before gate closure; then the master clears the day.
+        const deadline = Date.now() + 30_000;
+        while (agents.some((a) => a.dayAheadFirstSlot !== daySlot) && Date.now() < deadline) await sleep(50);
+        clock.set(firstDay.getTime() - gateLeadMs);
+        await setChainTime(provider, clock.now());
+        dayAhead = await clearer.clearDue(clock.now());
+        options.onDayAhead?.(dayAhead);
+        clock.set(slotStartMs(daySlot - 1, slotSeconds));
+        await setChainTime(provider, clock.now());
+      }
 
       const reports: SlotReport[] = [];
       const record = (r: SlotReport | undefined): void => {
@@ -170,7 +211,7 @@ export async function withSimulatedMarket<T>(
       await setChainTime(provider, clock.now());
       record(await master.settleSlot(lastSlot));
       clearInterval(timer);
-      return { households, reports, market, settlement };
+      return { households, reports, dayAhead, market, settlement };
     };
     return await use(run);
   } finally {
@@ -195,6 +236,53 @@ function spec(h: Household, tokens: string): ParticipantSpec {
   };
 }
 
+/** Households' price strategies differ a little, so that the auction has something to sort. */
+function strategyOf(i: number): PriceStrategy {
+  return { ...DEFAULT_STRATEGY, buyAt: 0.5 + 0.05 * (i % 5), sellAt: 0.2 + 0.05 * (i % 4) };
+}
+
+/** Net energy per slot of `member`'s household on the day before `daySlot`, from the simulator. */
+function previousDay(member: NeighbourhoodMember, daySlot: number, slotSeconds: number): Array<[number, number]> {
+  const first = daySlot - 96;
+  const sim = new HouseholdSimulator(member.spec, new Date(slotStartMs(first, slotSeconds)));
+  const out: Array<[number, number]> = [];
+  let { importWh, exportWh } = sim.registers;
+  for (let slot = first; slot < daySlot; slot++) {
+    sim.advanceTo(new Date(slotStartMs(slot + 1, slotSeconds)));
+    const r = sim.registers;
+    out.push([slot, Math.round(r.importWh - importWh - (r.exportWh - exportWh))]);
+    ({ importWh, exportWh } = r);
+  }
+  return out;
+}
+
+/** Households let the day-ahead market take buy orders' escrow from their wallets (EIP-2612 permit, sent by the regulator). */
+async function approveDayAhead(market: MarketContracts, households: Household[]): Promise<void> {
+  const token = market.energyToken;
+  const [name, chainId, tokenAddress, spender] = await Promise.all([token.name(), market.provider.getNetwork().then((n) => n.chainId), token.getAddress(), market.dayAheadMarket.getAddress()]);
+  for (const h of households.filter((x) => x.member.kind !== "slackUnit")) {
+    const value = TOKEN("1000");
+    const nonce = await token.nonces(h.account);
+    const deadline = BigInt(Math.floor(Date.now() / 1000) + 10 * 365 * 86400);
+    const sig = Signature.from(await h.wallet.signTypedData({ name, version: "1", chainId, verifyingContract: tokenAddress }, PERMIT_TYPES, { owner: h.account, spender, value, nonce, deadline }));
+    await (await token.permit(h.account, spender, value, deadline, sig.v, sig.r, sig.s)).wait();
+  }
+}
+
+const PERMIT_TYPES = {
+  Permit: [
+    { name: "owner", type: "address" },
+    { name: "spender", type: "address" },
+    { name: "value", type: "uint256" },
+    { name: "nonce", type: "uint256" },
+    { name: "deadline", type: "uint256" },
+  ],
+};
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
 /** Every household deposits into escrow with an EIP-2612 permit: one transaction, no approve. */
 async function depositAll(settlement: Settlement, market: MarketContracts, households: Household[], tokens: string): Promise<void> {
   const token = market.energyToken;
@@ -205,7 +293,7 @@ async function depositAll(settlement: Settlement, market: MarketContracts, house
     const deadline = BigInt(Math.floor(Date.now() / 1000) + 10 * 365 * 86400);
     const sig = await h.wallet.signTypedData(
       { name, version: "1", chainId, verifyingContract: tokenAddress },
-      { Permit: [{ name: "owner", type: "address" }, { name: "spender", type: "address" }, { name: "value", type: "uint256" }, { name: "nonce", type: "uint256" }, { name: "deadline", type: "uint256" }] },
+      PERMIT_TYPES,
       { owner: h.account, spender, value, nonce, deadline },
     );
     const { v, r, s } = Signature.from(sig);

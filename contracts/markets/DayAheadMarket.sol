@@ -117,15 +117,15 @@ contract DayAheadMarket is IDayAheadMarket, AccessControl {
     /// @inheritdoc IDayAheadMarket
     function placeOrders(OrderInput[] calldata inputs) external {
         _checkTrader(msg.sender);
-        int256 net;
-        for (uint256 i = 0; i < inputs.length; ++i) {
-            OrderInput calldata input = inputs[i];
-            Order storage o = _orders[input.slot][msg.sender];
-            if (o.placed && o.qtyWh > 0) net += _change(msg.sender, input, o);
-            else net += int256(_place(msg.sender, input, true));
-        }
-        if (net > 0) _collect(msg.sender, uint256(net));
-        else if (net < 0) token.safeTransfer(msg.sender, uint256(-net));
+        _placeMany(msg.sender, inputs);
+    }
+
+    /// @inheritdoc IDayAheadMarket
+    function placeOrdersFor(address account, OrderInput[] calldata inputs) external {
+        (address meterKey,,) = registry.signerOf(account);
+        if (msg.sender != meterKey) revert OrderNotAgent(account, msg.sender);
+        _checkTrader(account);
+        _placeMany(account, inputs);
     }
 
     /// @inheritdoc IDayAheadMarket
@@ -305,6 +305,19 @@ contract DayAheadMarket is IDayAheadMarket, AccessControl {
         }
         delta = int256(escrow) - int256(before);
         emit OrderPlaced(account, input.slot, input.isSell, input.qtyWh, input.price, escrow);
+    }
+
+    /// @dev Places or changes each order; the escrow moves once, from or to `account`.
+    function _placeMany(address account, OrderInput[] calldata inputs) private {
+        int256 net;
+        for (uint256 i = 0; i < inputs.length; ++i) {
+            OrderInput calldata input = inputs[i];
+            Order storage o = _orders[input.slot][account];
+            if (o.placed && o.qtyWh > 0) net += _change(account, input, o);
+            else net += int256(_place(account, input, true));
+        }
+        if (net > 0) _collect(account, uint256(net));
+        else if (net < 0) token.safeTransfer(account, uint256(-net));
     }
 
     function _release(uint32 slot, uint256 amount) private {

@@ -56,6 +56,8 @@ interface IDayAheadMarket {
     error OrderNotAllowed(address account);
     /// @dev The escrow of `needed` base units exceeds the allowance `allowance` given to the market.
     error OrderInsufficientAllowance(uint256 needed, uint256 allowance);
+    /// @dev `caller` is not the meter agent registered for `account`.
+    error OrderNotAgent(address account, address caller);
     /// @dev `account` has an order in `slot` already: change or cancel it.
     error OrderExists(address account, uint32 slot);
     /// @dev `account` has no order in `slot`.
@@ -105,6 +107,10 @@ interface IDayAheadMarket {
 
     /// @notice Places or changes several orders (e.g. a day's 96 slots) with one escrow transfer.
     function placeOrders(OrderInput[] calldata orders) external;
+
+    /// @notice Places or changes orders for `account`, sent by its meter agent (the meter key the
+    /// registry holds for it). Escrow moves from and to `account`, which must have approved this market.
+    function placeOrdersFor(address account, OrderInput[] calldata orders) external;
 
     /// @notice Changes the quantity and price of the caller's order in `slot`; escrow follows in the same transaction.
     function changeOrder(OrderInput calldata order) external;

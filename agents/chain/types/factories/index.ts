@@ -5,4 +5,5 @@ export * as markets from './markets/index.js';
 export * as metering from './metering/index.js';
 export * as registry from './registry/index.js';
 export * as settlement from './settlement/index.js';
+export * as test from './test/index.js';
 export * as token from './token/index.js';

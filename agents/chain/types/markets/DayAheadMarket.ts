@@ -28,7 +28,7 @@ export declare namespace IDayAheadMarket {
     }
 
   export interface DayAheadMarketInterface extends Interface {
-    getFunction(nameOrSignature: "DEFAULT_ADMIN_ROLE" | "REGULATOR_ROLE" | "book" | "cancelOrder" | "changeOrder" | "clear" | "gateClosure" | "gateLeadSeconds" | "getRoleAdmin" | "grantRole" | "hasRole" | "orderOf" | "placeOrder" | "placeOrderWithPermit" | "placeOrders" | "priceCap" | "priceFloor" | "reclaim" | "registry" | "renounceRole" | "revokeRole" | "scheduleOf" | "setBounds" | "settlement" | "slotSeconds" | "supportsInterface" | "token" | "totalEscrow"): FunctionFragment;
+    getFunction(nameOrSignature: "DEFAULT_ADMIN_ROLE" | "REGULATOR_ROLE" | "book" | "cancelOrder" | "changeOrder" | "clear" | "gateClosure" | "gateLeadSeconds" | "getRoleAdmin" | "grantRole" | "hasRole" | "orderOf" | "placeOrder" | "placeOrderWithPermit" | "placeOrders" | "placeOrdersFor" | "priceCap" | "priceFloor" | "reclaim" | "registry" | "renounceRole" | "revokeRole" | "scheduleOf" | "setBounds" | "settlement" | "slotSeconds" | "supportsInterface" | "token" | "totalEscrow"): FunctionFragment;
 
     getEvent(nameOrSignatureOrTopic: "BoundsSet" | "EscrowReclaimed" | "OrderAwarded" | "OrderCancelled" | "OrderPlaced" | "RoleAdminChanged" | "RoleGranted" | "RoleRevoked" | "SlotCleared"): EventFragment;
 
@@ -47,6 +47,7 @@ encodeFunctionData(functionFragment: 'orderOf', values: [BigNumberish, AddressLi
 encodeFunctionData(functionFragment: 'placeOrder', values: [IDayAheadMarket.OrderInputStruct]): string;
 encodeFunctionData(functionFragment: 'placeOrderWithPermit', values: [IDayAheadMarket.OrderInputStruct, BigNumberish, BigNumberish, BigNumberish, BytesLike, BytesLike]): string;
 encodeFunctionData(functionFragment: 'placeOrders', values: [IDayAheadMarket.OrderInputStruct[]]): string;
+encodeFunctionData(functionFragment: 'placeOrdersFor', values: [AddressLike, IDayAheadMarket.OrderInputStruct[]]): string;
 encodeFunctionData(functionFragment: 'priceCap', values?: undefined): string;
 encodeFunctionData(functionFragment: 'priceFloor', values?: undefined): string;
 encodeFunctionData(functionFragment: 'reclaim', values: [BigNumberish, AddressLike[]]): string;
@@ -76,6 +77,7 @@ decodeFunctionResult(functionFragment: 'orderOf', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'placeOrder', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'placeOrderWithPermit', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'placeOrders', data: BytesLike): Result;
+decodeFunctionResult(functionFragment: 'placeOrdersFor', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'priceCap', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'priceFloor', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'reclaim', data: BytesLike): Result;
@@ -354,6 +356,14 @@ decodeFunctionResult(functionFragment: 'totalEscrow', data: BytesLike): Result;
     
 
     
+    placeOrdersFor: TypedContractMethod<
+      [account: AddressLike, inputs: IDayAheadMarket.OrderInputStruct[], ],
+      [void],
+      'nonpayable'
+    >
+    
+
+    
     priceCap: TypedContractMethod<
       [],
       [bigint],
@@ -532,6 +542,11 @@ getFunction(nameOrSignature: 'placeOrderWithPermit'): TypedContractMethod<
     >;
 getFunction(nameOrSignature: 'placeOrders'): TypedContractMethod<
       [inputs: IDayAheadMarket.OrderInputStruct[], ],
+      [void],
+      'nonpayable'
+    >;
+getFunction(nameOrSignature: 'placeOrdersFor'): TypedContractMethod<
+      [account: AddressLike, inputs: IDayAheadMarket.OrderInputStruct[], ],
       [void],
       'nonpayable'
     >;

@@ -28,7 +28,7 @@ export declare namespace IDayAheadMarket {
     }
 
   export interface IDayAheadMarketInterface extends Interface {
-    getFunction(nameOrSignature: "book" | "cancelOrder" | "changeOrder" | "clear" | "gateClosure" | "orderOf" | "placeOrder" | "placeOrders" | "reclaim" | "scheduleOf" | "setBounds"): FunctionFragment;
+    getFunction(nameOrSignature: "book" | "cancelOrder" | "changeOrder" | "clear" | "gateClosure" | "orderOf" | "placeOrder" | "placeOrders" | "placeOrdersFor" | "reclaim" | "scheduleOf" | "setBounds"): FunctionFragment;
 
     getEvent(nameOrSignatureOrTopic: "BoundsSet" | "EscrowReclaimed" | "OrderAwarded" | "OrderCancelled" | "OrderPlaced" | "SlotCleared"): EventFragment;
 
@@ -40,6 +40,7 @@ encodeFunctionData(functionFragment: 'gateClosure', values: [BigNumberish]): str
 encodeFunctionData(functionFragment: 'orderOf', values: [BigNumberish, AddressLike]): string;
 encodeFunctionData(functionFragment: 'placeOrder', values: [IDayAheadMarket.OrderInputStruct]): string;
 encodeFunctionData(functionFragment: 'placeOrders', values: [IDayAheadMarket.OrderInputStruct[]]): string;
+encodeFunctionData(functionFragment: 'placeOrdersFor', values: [AddressLike, IDayAheadMarket.OrderInputStruct[]]): string;
 encodeFunctionData(functionFragment: 'reclaim', values: [BigNumberish, AddressLike[]]): string;
 encodeFunctionData(functionFragment: 'scheduleOf', values: [BigNumberish, AddressLike]): string;
 encodeFunctionData(functionFragment: 'setBounds', values: [BigNumberish, BigNumberish]): string;
@@ -52,6 +53,7 @@ decodeFunctionResult(functionFragment: 'gateClosure', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'orderOf', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'placeOrder', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'placeOrders', data: BytesLike): Result;
+decodeFunctionResult(functionFragment: 'placeOrdersFor', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'reclaim', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'scheduleOf', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'setBounds', data: BytesLike): Result;
@@ -228,6 +230,14 @@ decodeFunctionResult(functionFragment: 'setBounds', data: BytesLike): Result;
     
 
     
+    placeOrdersFor: TypedContractMethod<
+      [account: AddressLike, orders: IDayAheadMarket.OrderInputStruct[], ],
+      [void],
+      'nonpayable'
+    >
+    
+
+    
     reclaim: TypedContractMethod<
       [slot: BigNumberish, accounts: AddressLike[], ],
       [void],
@@ -291,6 +301,11 @@ getFunction(nameOrSignature: 'placeOrder'): TypedContractMethod<
     >;
 getFunction(nameOrSignature: 'placeOrders'): TypedContractMethod<
       [orders: IDayAheadMarket.OrderInputStruct[], ],
+      [void],
+      'nonpayable'
+    >;
+getFunction(nameOrSignature: 'placeOrdersFor'): TypedContractMethod<
+      [account: AddressLike, orders: IDayAheadMarket.OrderInputStruct[], ],
       [void],
       'nonpayable'
     >;

@@ -219,6 +219,22 @@
         "internalType": "address",
         "name": "account",
         "type": "address"
+      },
+      {
+        "internalType": "address",
+        "name": "caller",
+        "type": "address"
+      }
+    ],
+    "name": "OrderNotAgent",
+    "type": "error"
+  },
+  {
+    "inputs": [
+      {
+        "internalType": "address",
+        "name": "account",
+        "type": "address"
       }
     ],
     "name": "OrderNotAllowed",
@@ -764,6 +780,46 @@
       }
     ],
     "name": "placeOrders",
+    "outputs": [],
+    "stateMutability": "nonpayable",
+    "type": "function"
+  },
+  {
+    "inputs": [
+      {
+        "internalType": "address",
+        "name": "account",
+        "type": "address"
+      },
+      {
+        "components": [
+          {
+            "internalType": "uint32",
+            "name": "slot",
+            "type": "uint32"
+          },
+          {
+            "internalType": "bool",
+            "name": "isSell",
+            "type": "bool"
+          },
+          {
+            "internalType": "uint40",
+            "name": "qtyWh",
+            "type": "uint40"
+          },
+          {
+            "internalType": "uint48",
+            "name": "price",
+            "type": "uint48"
+          }
+        ],
+        "internalType": "struct IDayAheadMarket.OrderInput[]",
+        "name": "orders",
+        "type": "tuple[]"
+      }
+    ],
+    "name": "placeOrdersFor",
     "outputs": [],
     "stateMutability": "nonpayable",
     "type": "function"
