@@ -9,6 +9,9 @@ const { ethers, networkHelpers } = await network.create();
 
 const MAX_REGISTER = 2n ** 40n - 1n;
 const MAX_DELTA = 2n ** 32n - 1n;
+/** A slot's net energy (import - export) is stored in 32 signed bits. */
+const MAX_NET = 2n ** 31n - 1n;
+const MIN_NET = -(2n ** 31n);
 
 /** Alice (consumer), Bob and Carol (prosumers) and the slack unit, each with a deposit. */
 async function deployLedger(): Promise<Market> {
@@ -262,8 +265,8 @@ describe("MeterLedger (through Settlement)", function () {
       expect(state.billed).to.equal(true);
       expect(state.importWh).to.equal(1_234_567n);
       expect(state.exportWh).to.equal(89n);
-      expect(state.slotImportWh).to.equal(0n);
-      expect(state.slotExportWh).to.equal(0n);
+      expect(state.slotNetWh).to.equal(0n);
+      expect(state.scheduledWh).to.equal(0n);
       expect(state.deposit).to.equal(depositBefore);
       const slotState = await settlement.slotState(slot);
       expect(slotState.readings).to.equal(0n);
@@ -277,7 +280,7 @@ describe("MeterLedger (through Settlement)", function () {
       await expect(next).not.to.emit(settlement, "Billed");
       const after = await settlement.accountState(alice.address);
       expect(after.billed).to.equal(false);
-      expect(after.slotImportWh).to.equal(1_000n);
+      expect(after.slotNetWh).to.equal(1_000n);
       expect((await settlement.slotState(slot + 1n)).demandWh).to.equal(1_000n);
       expect((await settlement.slotState(slot + 1n)).readings).to.equal(1n);
     });
@@ -372,7 +375,7 @@ describe("MeterLedger (through Settlement)", function () {
         .withArgs(slot + 1n, future);
     });
 
-    it("refuses registers beyond 40 bits and slot energy beyond 32 bits (ReadingOutOfRange)", async function () {
+    it("refuses registers beyond 40 bits, slot energy beyond 32 bits and net energy beyond int32 (ReadingOutOfRange)", async function () {
       const { market, settlement, slot } = await fixture();
       await market.inWindow(slot);
       await expect(market.submit(await market.sign("alice", slot, MAX_REGISTER + 1n, 0n)))
@@ -384,6 +387,7 @@ describe("MeterLedger (through Settlement)", function () {
       // The largest registers are fine as a baseline.
       await market.submit(await market.sign("alice", slot, MAX_REGISTER - MAX_DELTA, MAX_REGISTER));
       await market.submit(await market.sign("bob", slot, 0n, 0n));
+      await market.submit(await market.sign("carol", slot, MAX_REGISTER - MAX_DELTA, MAX_REGISTER - MAX_DELTA));
 
       await market.inWindow(slot + 1n);
       // A slot's energy must fit 32 bits.
@@ -393,18 +397,42 @@ describe("MeterLedger (through Settlement)", function () {
       await expect(market.submit(await market.sign("bob", slot + 1n, 0n, MAX_DELTA + 1n)))
         .to.be.revertedWithCustomError(settlement, "ReadingOutOfRange")
         .withArgs(slot + 1n);
-      // The largest delta and the largest register are fine.
+      // The slot's net energy must fit 32 signed bits: 2^32 - 1 Wh of import alone is refused, and
+      // so are 2^31 Wh of net import and 2^31 + 1 Wh of net export.
       await expect(market.submit(await market.sign("alice", slot + 1n, MAX_REGISTER, MAX_REGISTER)))
+        .to.be.revertedWithCustomError(settlement, "ReadingOutOfRange")
+        .withArgs(slot + 1n);
+      await expect(market.submit(await market.sign("bob", slot + 1n, MAX_NET + 1n, 0n)))
+        .to.be.revertedWithCustomError(settlement, "ReadingOutOfRange")
+        .withArgs(slot + 1n);
+      await expect(market.submit(await market.sign("bob", slot + 1n, 0n, -MIN_NET + 1n)))
+        .to.be.revertedWithCustomError(settlement, "ReadingOutOfRange")
+        .withArgs(slot + 1n);
+      // The largest deltas are fine when they net within int32, and so is the largest register.
+      await expect(market.submit(await market.sign("carol", slot + 1n, MAX_REGISTER, MAX_REGISTER)))
         .to.emit(settlement, "ReadingRecorded")
-        .withArgs(market.p("alice").address, slot + 1n, MAX_REGISTER, MAX_REGISTER, MAX_DELTA, 0n);
-      await expect(market.submit(await market.sign("bob", slot + 1n, MAX_DELTA, 0n)))
+        .withArgs(market.p("carol").address, slot + 1n, MAX_REGISTER, MAX_REGISTER, MAX_DELTA, MAX_DELTA);
+      await expect(market.submit(await market.sign("bob", slot + 1n, MAX_DELTA, MAX_DELTA - MAX_NET)))
         .to.emit(settlement, "ReadingRecorded")
-        .withArgs(market.p("bob").address, slot + 1n, MAX_DELTA, 0n, MAX_DELTA, 0n);
-      // Beyond 40 bits also after the baseline.
+        .withArgs(market.p("bob").address, slot + 1n, MAX_DELTA, MAX_DELTA - MAX_NET, MAX_DELTA, MAX_DELTA - MAX_NET);
+      await expect(market.submit(await market.sign("alice", slot + 1n, MAX_REGISTER - MAX_DELTA + MAX_NET, MAX_REGISTER)))
+        .to.emit(settlement, "ReadingRecorded")
+        .withArgs(market.p("alice").address, slot + 1n, MAX_REGISTER - MAX_DELTA + MAX_NET, MAX_REGISTER, MAX_NET, 0n);
+      expect((await settlement.accountState(market.p("carol").address)).slotNetWh).to.equal(0n);
+      expect((await settlement.accountState(market.p("bob").address)).slotNetWh).to.equal(MAX_NET);
+      expect((await settlement.accountState(market.p("alice").address)).slotNetWh).to.equal(MAX_NET);
+      // Beyond 40 bits also after the baseline; one more Wh of net import than int32 holds; the most net export.
       await market.inWindow(slot + 2n);
       await expect(market.submit(await market.sign("alice", slot + 2n, MAX_REGISTER + 1n, MAX_REGISTER)))
         .to.be.revertedWithCustomError(settlement, "ReadingOutOfRange")
         .withArgs(slot + 2n);
+      await expect(market.submit(await market.sign("alice", slot + 2n, MAX_REGISTER, MAX_REGISTER)))
+        .to.be.revertedWithCustomError(settlement, "ReadingOutOfRange")
+        .withArgs(slot + 2n);
+      await expect(market.submit(await market.sign("bob", slot + 2n, MAX_DELTA, MAX_DELTA - MAX_NET - MIN_NET)))
+        .to.emit(settlement, "ReadingRecorded")
+        .withArgs(market.p("bob").address, slot + 2n, MAX_DELTA, MAX_DELTA - MAX_NET - MIN_NET, 0n, -MIN_NET);
+      expect((await settlement.accountState(market.p("bob").address)).slotNetWh).to.equal(MIN_NET);
     });
 
     it("absorbs missed slots into the next reading: all the energy goes to the new slot", async function () {
@@ -432,11 +460,11 @@ describe("MeterLedger (through Settlement)", function () {
       await expect(tx).to.emit(settlement, "SlotPriced").withArgs(slot + 3n, 169_047n, 5_000n, 5_500n);
       await expect(tx)
         .to.emit(settlement, "Billed")
-        .withArgs(alice.address, slot + 3n, 5_000n, 845_235n, 0n); // 5_000 * 169_047 / 1000
+        .withArgs(alice.address, slot + 3n, 5_000n, 0n, 845_235n, 0n); // 5_000 * 169_047 / 1000
       // Bob: local 5_500 * 5_000 / 5_500 = 5_000 at p, 500 at feed-in: (5_000*169_047 + 500*50_000)/1000 = 870_235.
       await expect(tx)
         .to.emit(settlement, "Billed")
-        .withArgs(bob.address, slot + 3n, -5_500n, -870_235n, 0n);
+        .withArgs(bob.address, slot + 3n, -5_500n, 0n, -870_235n, 0n);
       await market.expectIdentity();
     });
 

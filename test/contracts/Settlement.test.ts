@@ -12,7 +12,8 @@ const BASE_IMPORT = 50_000n;
 const BASE_EXPORT = 20_000n;
 const DEPOSIT = 100n * ONE;
 const SLACK_DEPOSIT = 500n * ONE;
-const INT64_MAX = 2n ** 63n - 1n;
+/** The largest accepted price (Settlement.MAX_PRICE): bills of 2^32 Wh at it fit the 112-bit pool. */
+const MAX_PRICE = 2n ** 48n - 1n;
 
 const PERMIT_TYPES = {
   Permit: [
@@ -275,7 +276,7 @@ describe("Settlement", function () {
       await market.afterDeadline(T);
       await expect(settlement.settle(T, [a("alice"), a("bob")]))
         .to.emit(settlement, "Billed")
-        .withArgs(a("alice"), T, 1_001n, 112_659n, 0n); // ceil(1_001 * 112_546 / 1000)
+        .withArgs(a("alice"), T, 1_001n, 0n, 112_659n, 0n); // ceil(1_001 * 112_546 / 1000)
       expect((await settlement.accountState(a("alice"))).deposit).to.equal(300_300n - 112_659n);
       expect((await settlement.accountState(a("alice"))).debt).to.equal(0n);
       await market.expectIdentity();
@@ -294,7 +295,7 @@ describe("Settlement", function () {
         .withArgs(free + 1n, free);
       const tx = settlement.connect(alice.signer).withdraw(free);
       await expect(tx).to.emit(settlement, "SlotPriced").withArgs(T, 112_500n, 1_000n, 3_000n);
-      await expect(tx).to.emit(settlement, "Billed").withArgs(alice.address, T, 1_000n, 112_500n, 0n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(alice.address, T, 1_000n, 0n, 112_500n, 0n);
       await expect(tx).to.emit(settlement, "Withdrawn").withArgs(alice.address, free);
       await expect(tx).not.to.emit(settlement, "SlotClosed"); // bob is not billed yet
       await expect(tx).to.changeTokenBalances(ethers, token, [alice.address], [free]);
@@ -304,7 +305,7 @@ describe("Settlement", function () {
 
       // Bob's withdrawal bills him, pays him by transfer and closes the slot.
       const tx2 = settlement.connect(bob.signer).withdraw(ONE);
-      await expect(tx2).to.emit(settlement, "Billed").withArgs(bob.address, T, -3_000n, -212_500n, 0n);
+      await expect(tx2).to.emit(settlement, "Billed").withArgs(bob.address, T, -3_000n, 0n, -212_500n, 0n);
       await expect(tx2).to.emit(settlement, "SlotClosed").withArgs(T, 1_000n, 0n, 2_000n, -100_000n);
       await expect(tx2).to.changeTokenBalances(ethers, token, [bob.address], [212_500n + ONE]);
       await market.expectIdentity();
@@ -321,8 +322,8 @@ describe("Settlement", function () {
       await market.afterDeadline(T);
       const tx = settlement.settle(T, [a("alice"), a("bob")]);
       await expect(tx).to.emit(settlement, "SlotPriced").withArgs(T, 112_500n, 1_000n, 3_000n);
-      await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, 1_000n, 112_500n, 0n);
-      await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -3_000n, -212_500n, 0n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, 1_000n, 0n, 112_500n, 0n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -3_000n, 0n, -212_500n, 0n);
       await expect(tx).to.emit(token, "Transfer").withArgs(market.settlementAddress, a("bob"), 212_500n);
       // Residual -100_000 comes out of the slack unit's deposit; it supplied 0 and absorbed 2_000 Wh.
       await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 1_000n, 0n, 2_000n, -100_000n);
@@ -358,8 +359,8 @@ describe("Settlement", function () {
       await market.afterDeadline(T);
       const tx = settlement.settle(T, [a("bob"), a("alice")]); // the seller first: the pool goes negative on the way
       await expect(tx).to.emit(settlement, "SlotPriced").withArgs(T, 237_500n, 3_000n, 1_000n);
-      await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, 3_000n, 837_500n, 0n);
-      await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -1_000n, -237_500n, 0n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, 3_000n, 0n, 837_500n, 0n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -1_000n, 0n, -237_500n, 0n);
       // Residual +600_000 (2_000 Wh sold by the slack unit at retail) is transferred to the slack unit.
       await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 1_000n, 2_000n, 0n, 600_000n);
       await expect(tx).to.emit(token, "Transfer").withArgs(market.settlementAddress, a("slack"), 600_000n);
@@ -381,8 +382,8 @@ describe("Settlement", function () {
       await market.afterDeadline(T);
       const tx = settlement.settle(T, [a("alice"), a("bob")]);
       await expect(tx).to.emit(settlement, "SlotPriced").withArgs(T, 175_000n, 2_000n, 2_000n);
-      await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, 2_000n, 350_000n, 0n);
-      await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -2_000n, -350_000n, 0n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, 2_000n, 0n, 350_000n, 0n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -2_000n, 0n, -350_000n, 0n);
       await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 2_000n, 0n, 0n, 0n);
       await expect(tx).to.changeTokenBalances(ethers, token, [a("slack"), market.settlementAddress], [0n, -350_000n]);
       expect((await settlement.accountState(a("slack"))).deposit).to.equal(SLACK_DEPOSIT);
@@ -395,8 +396,8 @@ describe("Settlement", function () {
       await market.afterDeadline(T);
       const tx = settlement.settle(T, [a("alice"), a("bob")]);
       await expect(tx).to.emit(settlement, "SlotPriced").withArgs(T, 175_000n, 0n, 0n);
-      await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, 0n, 0n, 0n);
-      await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, 0n, 0n, 0n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, 0n, 0n, 0n, 0n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, 0n, 0n, 0n, 0n);
       await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 0n, 0n, 0n, 0n);
       await expect(tx).not.to.emit(token, "Transfer");
       await market.expectIdentity();
@@ -419,10 +420,10 @@ describe("Settlement", function () {
       await market.afterDeadline(T);
       const tx = settlement.settle(T, [a("carol"), a("alice"), a("bob"), a("dave")]);
       await expect(tx).to.emit(settlement, "SlotPriced").withArgs(T, 133_111n, 1_000n, 2_008n);
-      await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, 333n, 44_326n, 0n);
-      await expect(tx).to.emit(settlement, "Billed").withArgs(a("dave"), T, 667n, 88_786n, 0n);
-      await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -2_001n, -182_828n, 0n);
-      await expect(tx).to.emit(settlement, "Billed").withArgs(a("carol"), T, -7n, -599n, 0n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, 333n, 0n, 44_326n, 0n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("dave"), T, 667n, 0n, 88_786n, 0n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -2_001n, 0n, -182_828n, 0n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("carol"), T, -7n, 0n, -599n, 0n);
       await expect(tx).to.emit(token, "Transfer").withArgs(market.settlementAddress, a("bob"), 182_828n);
       await expect(tx).to.emit(token, "Transfer").withArgs(market.settlementAddress, a("carol"), 599n);
       await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 1_000n, 0n, 1_008n, -50_315n);
@@ -451,9 +452,9 @@ describe("Settlement", function () {
       await market.afterDeadline(T);
       const tx = settlement.settle(T, [a("alice"), a("bob"), a("dave")]);
       await expect(tx).to.emit(settlement, "SlotPriced").withArgs(T, 216_666n, 3_000n, 1_500n);
-      await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, 1_001n, 258_633n, 0n);
-      await expect(tx).to.emit(settlement, "Billed").withArgs(a("dave"), T, 1_999n, 516_450n, 0n);
-      await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -1_500n, -324_999n, 0n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, 1_001n, 0n, 258_633n, 0n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("dave"), T, 1_999n, 0n, 516_450n, 0n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -1_500n, 0n, -324_999n, 0n);
       await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 1_499n, 1_501n, 1n, 450_084n);
       await expect(tx).to.changeTokenBalances(
         ethers,
@@ -475,7 +476,7 @@ describe("Settlement", function () {
       const tx = settlement.settle(T, [a("bob")]);
       await expect(tx).not.to.emit(settlement, "SlotPriced");
       // Still 1_000 at 112_500 and 2_000 at the slot's feed-in price 50_000.
-      await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -3_000n, -212_500n, 0n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -3_000n, 0n, -212_500n, 0n);
       const s = await settlement.slotState(T);
       expect([s.price, s.feedInPrice, s.retailPrice]).to.deep.equal([112_500n, FEED_IN, RETAIL]);
     });
@@ -488,8 +489,8 @@ describe("Settlement", function () {
       // p = 100_000 + 100_000 * 1_000 / 4_000 = 125_000; bob: 1_000 * 125_000 + 2_000 * 100_000 = 325_000.
       const tx = settlement.settle(T, [a("alice"), a("bob")]);
       await expect(tx).to.emit(settlement, "SlotPriced").withArgs(T, 125_000n, 1_000n, 3_000n);
-      await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, 1_000n, 125_000n, 0n);
-      await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -3_000n, -325_000n, 0n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, 1_000n, 0n, 125_000n, 0n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -3_000n, 0n, -325_000n, 0n);
       await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 1_000n, 0n, 2_000n, -200_000n);
     });
   });
@@ -501,7 +502,7 @@ describe("Settlement", function () {
       // Alice's next reading bills her slot T on its way in.
       const first = market.readSlot(T + 1n, { alice: [BASE_IMPORT + 3_500n, BASE_EXPORT] });
       await expect(first).to.emit(settlement, "SlotPriced").withArgs(T, 237_500n, 3_000n, 1_000n);
-      await expect(first).to.emit(settlement, "Billed").withArgs(a("alice"), T, 3_000n, 837_500n, 0n);
+      await expect(first).to.emit(settlement, "Billed").withArgs(a("alice"), T, 3_000n, 0n, 837_500n, 0n);
       await expect(first).to.emit(settlement, "ReadingRecorded").withArgs(a("alice"), T + 1n, BASE_IMPORT + 3_500n, BASE_EXPORT, 500n, 0n);
       await expect(first).not.to.emit(settlement, "SlotClosed");
       let s = await settlement.slotState(T);
@@ -511,12 +512,12 @@ describe("Settlement", function () {
 
       // Bob's next reading (a slot later: he missed T + 1) bills him and closes T.
       const second = market.readSlot(T + 2n, { bob: [BASE_IMPORT, BASE_EXPORT + 2_400n] });
-      await expect(second).to.emit(settlement, "Billed").withArgs(a("bob"), T, -1_000n, -237_500n, 0n);
+      await expect(second).to.emit(settlement, "Billed").withArgs(a("bob"), T, -1_000n, 0n, -237_500n, 0n);
       await expect(second).to.emit(settlement, "SlotClosed").withArgs(T, 1_000n, 2_000n, 0n, 600_000n);
       await expect(second).to.changeTokenBalances(ethers, token, [a("bob"), a("slack")], [237_500n, 600_000n]);
       s = await settlement.slotState(T);
       expect([s.billed, s.closed, s.pool]).to.deep.equal([2n, true, 0n]);
-      expect((await settlement.accountState(a("bob"))).slotExportWh).to.equal(1_400n);
+      expect((await settlement.accountState(a("bob"))).slotNetWh).to.equal(-1_400n);
       await market.expectIdentity();
     });
 
@@ -541,7 +542,7 @@ describe("Settlement", function () {
       const tx = settlement
         .connect(market.outsider)
         .settle(T, [a("dave"), market.outsider.address, a("alice"), a("alice"), a("bob")]);
-      await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, 1_000n, anyCost(), 0n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, 1_000n, 0n, anyCost(), 0n);
       const receipt = await (await tx).wait();
       expect(market.events(receipt, "Billed").map((e) => e.args.account)).to.deep.equal([a("alice"), a("bob")]);
       expect(market.events(receipt, "SlotClosed")).to.have.length(0); // carol is still pending
@@ -609,17 +610,18 @@ describe("Settlement", function () {
       expect((await settlement.slotState(T)).billed).to.equal(0n);
       // Once the slack unit funds the escrow, the reading goes through and bills bob's slot.
       await settlement.connect(market.p("slack").signer).deposit(ONE);
-      await expect(market.submit(bobsNext)).to.emit(settlement, "Billed").withArgs(a("bob"), T, -3_000n, -212_500n, 0n);
+      await expect(market.submit(bobsNext)).to.emit(settlement, "Billed").withArgs(a("bob"), T, -3_000n, 0n, -212_500n, 0n);
       await market.expectIdentity();
       await expect(settlement.settle(T, [a("alice")])).to.emit(settlement, "ParticipantInDebt").withArgs(a("alice"), T, 112_500n, 112_500n);
       await market.expectIdentity();
       await market.expectDepositsSum();
     });
 
-    it("a debt repaid before any slack unit exists is not credited to the zero address", async function () {
+    it("a debt cannot be repaid before a slack unit exists (SettlementNoSlackUnit), and is repaid to it once registered", async function () {
       // Debt can be recorded without a slack unit (billing one reading of a slot that does not
-      // close yet); a later deposit then repays it to registry.slackUnit(), which is address(0):
-      // the tokens land in a deposit nobody can withdraw. See the report: Settlement._credit.
+      // close yet). Before 46ce2ca a later deposit repaid it to registry.slackUnit(), address(0),
+      // crediting tokens to a deposit nobody can withdraw; now the deposit is refused until the
+      // regulator registers a slack unit, and then repays the debt to it.
       const market = await deployMarket(ethers, networkHelpers, {
         participants: [
           { name: "alice", kind: Kind.Consumer, deposit: 0n },
@@ -633,8 +635,31 @@ describe("Settlement", function () {
       await expect(market.settlement.settle(T, [alice.address]))
         .to.emit(market.settlement, "ParticipantInDebt")
         .withArgs(alice.address, T, 112_500n, 112_500n);
-      await market.settlement.connect(alice.signer).deposit(ONE);
+      await expect(market.settlement.connect(alice.signer).deposit(ONE)).to.be.revertedWithCustomError(
+        market.settlement,
+        "SettlementNoSlackUnit",
+      );
       expect((await market.settlement.accountState(ethers.ZeroAddress)).deposit, "deposit credited to address(0)").to.equal(0n);
+      expect((await market.settlement.accountState(alice.address)).debt).to.equal(112_500n);
+      // A debt-free participant still deposits without a slack unit.
+      await expect(market.settlement.connect(market.p("bob").signer).deposit(ONE)).to.emit(market.settlement, "Deposited");
+      await market.expectIdentity();
+
+      const slackSigner = (await ethers.getSigners())[10];
+      if (slackSigner === undefined) throw new Error("the test chain needs eleven accounts");
+      await market.registry.register({
+        account: slackSigner.address,
+        meterId: ethers.encodeBytes32String("MTR-late-slack"),
+        meterKey: ethers.Wallet.createRandom().address,
+        kind: Kind.SlackUnit,
+      });
+      const repay = market.settlement.connect(alice.signer).deposit(ONE);
+      await expect(repay).to.emit(market.settlement, "DebtRepaid").withArgs(alice.address, 112_500n, 0n);
+      expect((await market.settlement.accountState(slackSigner.address)).deposit).to.equal(112_500n);
+      expect((await market.settlement.accountState(alice.address)).deposit).to.equal(ONE - 112_500n);
+      // The slot, still open for bob's bill, closes with the new slack unit.
+      await expect(market.settlement.settle(T, [market.p("bob").address])).to.emit(market.settlement, "SlotClosed");
+      await market.expectIdentity();
     });
 
     it("a slot cannot close without a slack unit (SettlementNoSlackUnit)", async function () {
@@ -663,9 +688,9 @@ describe("Settlement", function () {
       // Scarcity as above: dave's bill is 837_500, he has 100_000: shortfall 737_500.
       await market.afterDeadline(T);
       const tx = settlement.settle(T, [a("dave"), a("bob")]);
-      await expect(tx).to.emit(settlement, "Billed").withArgs(a("dave"), T, 3_000n, 837_500n, 737_500n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("dave"), T, 3_000n, 0n, 837_500n, 737_500n);
       await expect(tx).to.emit(settlement, "ParticipantInDebt").withArgs(a("dave"), T, 737_500n, 737_500n);
-      await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -1_000n, -237_500n, 0n);
+      await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -1_000n, 0n, -237_500n, 0n);
       // The slack unit's residual is smaller by the shortfall: 100_000 - 237_500 = -137_500.
       await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 1_000n, 2_000n, 0n, -137_500n);
       await expect(tx).to.changeTokenBalances(ethers, token, [a("bob"), a("slack")], [237_500n, 0n]);
@@ -685,7 +710,7 @@ describe("Settlement", function () {
       await expect(next).not.to.emit(settlement, "ParticipantInDebt"); // T is billed already
       await market.afterDeadline(T + 1n);
       const tx2 = settlement.settle(T + 1n, [a("dave"), a("bob")]);
-      await expect(tx2).to.emit(settlement, "Billed").withArgs(a("dave"), T + 1n, 1_000n, 175_000n, 175_000n);
+      await expect(tx2).to.emit(settlement, "Billed").withArgs(a("dave"), T + 1n, 1_000n, 0n, 175_000n, 175_000n);
       await expect(tx2).to.emit(settlement, "ParticipantInDebt").withArgs(a("dave"), T + 1n, 175_000n, 912_500n);
       expect((await settlement.accountState(a("dave"))).debt).to.equal(912_500n);
       await market.expectIdentity();
@@ -871,7 +896,10 @@ describe("Settlement", function () {
   });
 
   describe("property: random markets", function () {
-    /** Eight participants (consumers and prosumers alternating) and the slack unit, with nothing deposited. */
+    /**
+     * Eight participants (consumers and prosumers alternating) and the slack unit, with nothing
+     * deposited, and the test schedule source standing in for the day-ahead market.
+     */
     async function deployScenarioMarket(): Promise<Market> {
       return deployMarket(ethers, networkHelpers, {
         participants: [
@@ -882,6 +910,7 @@ describe("Settlement", function () {
           })),
           { name: "slack", kind: Kind.SlackUnit, deposit: 0n },
         ],
+        scheduleSource: true,
       });
     }
 
@@ -892,8 +921,19 @@ describe("Settlement", function () {
         ? [Number(process.env.PROPERTY_SEED)]
         : Array.from({ length: runs }, (_, i) => 0x5eed0000 + i * 7919);
 
-    it(`keeps tokens, energy and registers consistent with the model in ${seeds.length} random scenarios`, async function () {
-      const totals = { steps: 0, readings: 0, refused: 0, closedSlots: 0, debts: 0, badDebtScenarios: 0 };
+    it(`keeps tokens, energy, schedules and registers consistent with the model in ${seeds.length} random scenarios`, async function () {
+      const totals = {
+        steps: 0,
+        readings: 0,
+        refused: 0,
+        closedSlots: 0,
+        debts: 0,
+        badDebtScenarios: 0,
+        scheduledSlots: 0,
+        scheduledSellerBills: 0,
+        nettedSellerBills: 0,
+        unreadClosedSlots: 0,
+      };
       for (const seed of seeds) {
         const market = await networkHelpers.loadFixture(deployScenarioMarket);
         const stats = await runScenario(market, seed);
@@ -903,23 +943,29 @@ describe("Settlement", function () {
         totals.closedSlots += stats.closedSlots;
         totals.debts += stats.debts;
         if (stats.badDebt) totals.badDebtScenarios += 1;
+        totals.scheduledSlots += stats.scheduledSlots;
+        totals.scheduledSellerBills += stats.scheduledSellerBills;
+        totals.nettedSellerBills += stats.nettedSellerBills;
+        totals.unreadClosedSlots += stats.unreadClosedSlots;
       }
       console.log(`      ${JSON.stringify(totals)}`);
       // The scenarios must actually exercise the interesting paths.
       expect(totals.closedSlots).to.be.greaterThan(seeds.length);
+      expect(totals.scheduledSellerBills).to.be.greaterThan(0);
       if (seeds.length >= 10) {
         expect(totals.debts).to.be.greaterThan(0);
         expect(totals.refused).to.be.greaterThan(0);
+        expect(totals.nettedSellerBills).to.be.greaterThan(0);
+        expect(totals.unreadClosedSlots).to.be.greaterThan(0);
       }
     });
   });
 
   describe("slack unit in bad debt", function () {
-    // While the slack unit owes escrow (badDebt), the positive residual of a later slot is still
-    // transferred to its wallet in full: the debt is not netted (participants' repayments to the
-    // slack unit are, in Settlement._credit), escrow stays short, and when escrow holds less than the
-    // residual the close reverts, blocking the slot and the reading whose billing would close it.
-    // See the report: Settlement._closeIfComplete.
+    // While the slack unit owes escrow (badDebt), the positive residual of a later slot first repays
+    // that debt (as participants' repayments to the slack unit do, in Settlement._credit), and only
+    // the rest is transferred. Before 46ce2ca the residual was transferred in full: escrow stayed
+    // short, and when it held less than the residual the close reverted, blocking the slot.
 
     /** Slot T1: bob sells 3_000 Wh and nobody buys (slack unit owes 150_000); slot T2: alice buys 1_000 Wh at retail. */
     async function badDebtThenPositiveResidual(market: Market, slot: bigint) {
@@ -942,9 +988,29 @@ describe("Settlement", function () {
       const T2 = await badDebtThenPositiveResidual(market, slot);
       const tx = settlement.settle(T2, [a("alice"), a("bob")]);
       await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T2, 0n, 1_000n, 0n, 300_000n);
+      await expect(tx).to.emit(settlement, "DebtRepaid").withArgs(a("slack"), 150_000n, 0n);
       await market.expectIdentity();
       expect(await settlement.badDebt(), "bad debt left while the slack unit was paid").to.equal(0n);
-      await expect(tx).to.changeTokenBalances(ethers, token, [a("slack")], [150_000n]);
+      expect((await settlement.accountState(a("slack"))).debt).to.equal(0n);
+      await expect(tx).to.changeTokenBalances(ethers, token, [a("slack"), market.settlementAddress], [150_000n, -150_000n]);
+    });
+
+    it("a positive residual smaller than the bad debt repays part of it and transfers nothing", async function () {
+      const { market, settlement, token, slot, a } = await fixture();
+      await settlement.connect(market.p("slack").signer).withdraw(SLACK_DEPOSIT);
+      await market.readSlot(slot, { alice: [BASE_IMPORT, BASE_EXPORT], bob: [BASE_IMPORT, BASE_EXPORT] });
+      // T1: bob sells 3_000 Wh to nobody: the slack unit owes 150_000. T2: alice buys 300 Wh at retail: +90_000.
+      await market.readSlot(slot + 1n, { alice: [BASE_IMPORT, BASE_EXPORT], bob: [BASE_IMPORT, BASE_EXPORT + 3_000n] });
+      await market.readSlot(slot + 2n, { alice: [BASE_IMPORT + 300n, BASE_EXPORT], bob: [BASE_IMPORT, BASE_EXPORT + 3_000n] });
+      expect(await settlement.badDebt()).to.equal(150_000n);
+      await market.afterDeadline(slot + 2n);
+      const tx = settlement.settle(slot + 2n, [a("alice"), a("bob")]);
+      await expect(tx).to.emit(settlement, "SlotClosed").withArgs(slot + 2n, 0n, 300n, 0n, 90_000n);
+      await expect(tx).to.emit(settlement, "DebtRepaid").withArgs(a("slack"), 90_000n, 60_000n);
+      await expect(tx).not.to.emit(token, "Transfer");
+      expect(await settlement.badDebt()).to.equal(60_000n);
+      expect((await settlement.accountState(a("slack"))).debt).to.equal(60_000n);
+      await market.expectIdentity();
     });
 
     it("closing a slot does not fail when escrow holds less than the residual owed to an indebted slack unit", async function () {
@@ -965,10 +1031,10 @@ describe("Settlement", function () {
       await expect(settlement.setPrices(40_000n, 400_000n)).to.emit(settlement, "PricesSet").withArgs(40_000n, 400_000n);
       expect(await settlement.feedInPrice()).to.equal(40_000n);
       expect(await settlement.retailPrice()).to.equal(400_000n);
-      // Equal prices and the largest allowed retail price are fine.
+      // Equal prices and the largest allowed retail price (2^48 - 1) are fine.
       await settlement.setPrices(1n, 1n);
-      await settlement.setPrices(INT64_MAX, INT64_MAX);
-      expect(await settlement.retailPrice()).to.equal(INT64_MAX);
+      await settlement.setPrices(MAX_PRICE, MAX_PRICE);
+      expect(await settlement.retailPrice()).to.equal(MAX_PRICE);
     });
 
     it("is only for REGULATOR_ROLE", async function () {
@@ -981,14 +1047,17 @@ describe("Settlement", function () {
       await expect(settlement.connect(market.outsider).setPrices(1n, 2n)).to.emit(settlement, "PricesSet");
     });
 
-    it("refuses a zero feed-in price, feed-in above retail and retail beyond int64 (SettlementBadPrices)", async function () {
+    it("refuses a zero feed-in price, feed-in above retail and retail beyond 48 bits (SettlementBadPrices)", async function () {
       const { settlement } = await fixture();
+      // Before 46ce2ca prices up to 2^63 - 1 were accepted, and a seller's payout at such prices was
+      // narrowed to 64 bits in the slot's pool (Settlement.t.sol, test_extremeAcceptedPricesKeepTheEscrowIdentity).
       for (const [f, r] of [
         [0n, 1n],
         [0n, 0n],
         [2n, 1n],
-        [1n, INT64_MAX + 1n],
-        [INT64_MAX + 1n, INT64_MAX + 1n],
+        [1n, MAX_PRICE + 1n],
+        [MAX_PRICE + 1n, MAX_PRICE + 1n],
+        [1n, 2n ** 63n - 1n],
       ] as const) {
         await expect(settlement.setPrices(f, r)).to.be.revertedWithCustomError(settlement, "SettlementBadPrices").withArgs(f, r);
       }

@@ -10,13 +10,14 @@ import {
   type ContractTransactionResponse,
   type LogDescription,
 } from "ethers";
-import type { EnergyToken, ParticipantRegistry, Settlement } from "../../../agents/chain/types/index.js";
+import type { EnergyToken, ParticipantRegistry, Settlement, TestScheduleSource } from "../../../agents/chain/types/index.js";
 import { readingDomain, signReading, type Reading, type SignedReading } from "./readings.js";
 
 /**
- * A deployed market (token, registry, settlement) with named participants, for the contract
- * tests: deployment, funding, signing readings, moving the clock into a slot's reading window,
- * decoding events and checking the escrow's accounting identity.
+ * A deployed market (token, registry, settlement, and optionally the test schedule source that
+ * stands in for the day-ahead market) with named participants, for the contract tests:
+ * deployment, funding, signing readings, schedules, moving the clock into a slot's reading
+ * window, decoding events and checking the escrow's accounting identity.
  */
 
 /** One token in base units (6 decimals). */
@@ -56,7 +57,15 @@ export interface MarketOptions {
   retail?: bigint;
   /** Tokens minted to every participant's wallet before deposits; default 1000 tokens. */
   walletTokens?: bigint;
+  /**
+   * Deploys contracts/test/TestScheduleSource.sol and makes it the settlement's schedule source
+   * (standing in for the day-ahead market); default false: no markets, every schedule zero.
+   */
+  scheduleSource?: boolean;
 }
+
+/** One participant's day-ahead award in a slot: + bought, - sold (Wh). */
+export type Awards = Record<string, bigint>;
 
 /** A meter key derived from a label, so that every run signs with the same keys. */
 export function meterKeyFor(label: string): Wallet {
@@ -65,6 +74,8 @@ export function meterKeyFor(label: string): Wallet {
 
 export class Market {
   readonly participants = new Map<string, Participant>();
+  /** The test schedule source, when the market was deployed with one. */
+  source: TestScheduleSource | undefined;
 
   constructor(
     readonly ethers: HardhatEthers,
@@ -160,6 +171,38 @@ export class Market {
     await this.settlement.connect(p.signer).deposit(amount);
   }
 
+  /** The test schedule source; throws if the market was deployed without one. */
+  get scheduleSource(): TestScheduleSource {
+    if (this.source === undefined) throw new Error("the market was deployed without a schedule source");
+    return this.source;
+  }
+
+  /**
+   * Records day-ahead awards for `slot` at `price`, as a clearing would, and has every buyer pay
+   * ceil(award * price / 1000) into the slot's pool through the schedule source (the market
+   * escrows buyers' money and pays it to settlement at clearing). Returns what was paid.
+   */
+  async schedule(slot: bigint, price: bigint, awards: Awards): Promise<bigint> {
+    const source = this.scheduleSource;
+    const names = Object.keys(awards);
+    await source.setSchedules(
+      slot,
+      names.map((n) => this.p(n).address),
+      names.map((n) => awards[n] as bigint),
+      price,
+    );
+    let cost = 0n;
+    for (const name of names) {
+      const q = awards[name] as bigint;
+      if (q <= 0n) continue;
+      const c = ceilDiv(q * price, 1000n);
+      await this.token.connect(this.p(name).signer).transfer(await source.getAddress(), c);
+      cost += c;
+    }
+    if (cost > 0n) await source.pay(slot, cost);
+    return cost;
+  }
+
   /** All participants' addresses, in registration order. */
   addresses(): string[] {
     return [...this.participants.values()].map((p) => p.address);
@@ -238,6 +281,15 @@ export async function deployMarket(
     slotSeconds,
     readingWindow,
   );
+
+  if (options.scheduleSource === true) {
+    const source: TestScheduleSource = await ethers.deployContract("TestScheduleSource", [
+      await token.getAddress(),
+      market.settlementAddress,
+    ]);
+    await settlement.setScheduleSource(await source.getAddress());
+    market.source = source;
+  }
 
   const registrations = options.participants.map((spec, i) => {
     const signer = signers[3 + i] as HardhatEthersSigner;

@@ -1,7 +1,9 @@
 /**
- * A reference model of the Settlement contract, written from its NatSpec (pricing, pro-rata
- * shares, rounding, lazy billing, slot closing with the slack unit, debt and bad debt), for the
- * randomized property test. It keeps its own copy of every account, slot, total and token
+ * A reference model of the Settlement contract, written from its NatSpec (schedules and
+ * deviations, pricing, pro-rata shares, rounding, lazy billing, scheduled sales paid from the
+ * slot's pool, slot closing with the slack unit, debt and bad debt), for the randomized property
+ * test. It also models the test schedule source (contracts/test/TestScheduleSource.sol), which
+ * stands in for the day-ahead market: schedules per slot and account, and schedule payments. It keeps its own copy of every account, slot, total and token
  * balance, predicts the events and reverts of each call, and the test compares the chain with it
  * after every step.
  *
@@ -14,8 +16,10 @@ export interface ModelAccount {
   billed: boolean;
   importWh: bigint;
   exportWh: bigint;
-  slotImportWh: bigint;
-  slotExportWh: bigint;
+  /** Metered net energy (import - export) of lastSlot. */
+  slotNetWh: bigint;
+  /** The schedule of lastSlot, taken when its reading arrived. */
+  scheduledWh: bigint;
   deposit: bigint;
   debt: bigint;
 }
@@ -28,6 +32,7 @@ export interface ModelSlot {
   billed: bigint;
   priced: boolean;
   closed: boolean;
+  scheduledPrice: bigint;
   price: bigint;
   feedInPrice: bigint;
   retailPrice: bigint;
@@ -50,14 +55,24 @@ export class ModelRevert extends Error {
 }
 
 /**
- * Whether a slot's positive residual first repays the slack unit's bad debt. The contract does not
- * today (see the "slack unit in bad debt" tests); flip this together with the contract fix.
+ * Whether a slot's positive residual first repays the slack unit's bad debt. Fixed in 46ce2ca (see
+ * the "slack unit in bad debt" tests); the switch stays so that the old rule can be replayed.
  */
-export const POSITIVE_RESIDUAL_REPAYS_SLACK_DEBT = false;
+export const POSITIVE_RESIDUAL_REPAYS_SLACK_DEBT = true;
 
 const UINT40_MAX = 2n ** 40n - 1n;
 const UINT32_MAX = 2n ** 32n - 1n;
 const UINT64_MAX = 2n ** 64n - 1n;
+const INT32_MAX = 2n ** 31n - 1n;
+const INT32_MIN = -(2n ** 31n);
+/** Prices fit 48 bits (Settlement.MAX_PRICE). */
+export const MAX_PRICE = 2n ** 48n - 1n;
+
+/** A schedule as the schedule source returns it. */
+export interface ModelSchedule {
+  netWh: bigint;
+  price: bigint;
+}
 
 function ceilDiv(a: bigint, b: bigint): bigint {
   return (a + b - 1n) / b;
@@ -68,7 +83,7 @@ function min(a: bigint, b: bigint): bigint {
 }
 
 function emptyAccount(): ModelAccount {
-  return { lastSlot: 0n, billed: false, importWh: 0n, exportWh: 0n, slotImportWh: 0n, slotExportWh: 0n, deposit: 0n, debt: 0n };
+  return { lastSlot: 0n, billed: false, importWh: 0n, exportWh: 0n, slotNetWh: 0n, scheduledWh: 0n, deposit: 0n, debt: 0n };
 }
 
 function emptySlot(): ModelSlot {
@@ -80,6 +95,7 @@ function emptySlot(): ModelSlot {
     billed: 0n,
     priced: false,
     closed: false,
+    scheduledPrice: 0n,
     price: 0n,
     feedInPrice: 0n,
     retailPrice: 0n,
@@ -95,12 +111,16 @@ export class SettlementModel {
   totalDeposits = 0n;
   openPool = 0n;
   badDebt = 0n;
+  /** The schedule source settlement asks (TestScheduleSource), or undefined before one is set. */
+  scheduleSource: string | undefined;
+  /** The schedule source's schedules, by `${slot}:${account}`. */
+  schedules = new Map<string, ModelSchedule>();
   /** Events of the current operation. */
   events: ModelEvent[] = [];
 
   constructor(
     readonly settlement: string,
-    readonly slack: string,
+    readonly slack: string | undefined,
     readonly registered: Set<string>,
     readonly slotSeconds: bigint,
     readonly readingWindow: bigint,
@@ -124,6 +144,8 @@ export class SettlementModel {
     c.totalDeposits = this.totalDeposits;
     c.openPool = this.openPool;
     c.badDebt = this.badDebt;
+    c.scheduleSource = this.scheduleSource;
+    for (const [k, v] of this.schedules) c.schedules.set(k, { ...v });
     return c;
   }
 
@@ -153,12 +175,17 @@ export class SettlementModel {
     return (slot + 1n) * this.slotSeconds + this.readingWindow;
   }
 
-  /** What `account` may withdraw: the deposit less the worst case of its unbilled slot at retail. */
+  /** The schedule source's schedule of `account` in `slot` (zero if none). */
+  schedule(slot: bigint, account: string): ModelSchedule {
+    return this.schedules.get(`${slot}:${account}`) ?? { netWh: 0n, price: 0n };
+  }
+
+  /** What `account` may withdraw: the deposit less the worst case of its unbilled slot (positive deviation at retail). */
   free(address: string): bigint {
     const a = this.account(address);
     let reserve = 0n;
-    if (!a.billed && a.slotImportWh > a.slotExportWh) {
-      reserve = ceilDiv((a.slotImportWh - a.slotExportWh) * this.retailPrice, 1000n);
+    if (a.lastSlot !== 0n && !a.billed && a.slotNetWh > a.scheduledWh) {
+      reserve = ceilDiv((a.slotNetWh - a.scheduledWh) * this.retailPrice, 1000n);
     }
     return a.deposit > reserve ? a.deposit - reserve : 0n;
   }
@@ -179,7 +206,7 @@ export class SettlementModel {
   // ------------------------------------------------------------------ operations
 
   setPrices(feedIn: bigint, retail: bigint): void {
-    if (feedIn === 0n || feedIn > retail || retail > 2n ** 63n - 1n) {
+    if (feedIn === 0n || feedIn > retail || retail > MAX_PRICE) {
       throw new ModelRevert("SettlementBadPrices", [feedIn, retail]);
     }
     this.feedInPrice = feedIn;
@@ -203,8 +230,10 @@ export class SettlementModel {
       a.debt -= repaid;
       amount -= repaid;
       this.events.push({ name: "DebtRepaid", args: [account, repaid, a.debt] });
-      if (account === this.slack) this.badDebt -= repaid;
-      else this.credit(this.slack, repaid);
+      const slack = this.slack;
+      if (slack === undefined) throw new ModelRevert("SettlementNoSlackUnit", []);
+      if (account === slack) this.badDebt -= repaid;
+      else this.credit(slack, repaid);
     }
     if (amount === 0n) return;
     if (a.deposit + amount > UINT64_MAX) throw new ModelRevert("SettlementDepositTooLarge", [account, a.deposit + amount]);
@@ -231,6 +260,37 @@ export class SettlementModel {
     this.transfer(this.settlement, account, amount);
   }
 
+  /** Settlement.setScheduleSource by the admin. */
+  setScheduleSource(source: string): void {
+    this.scheduleSource = source;
+    this.events.push({ name: "ScheduleSourceSet", args: [source] });
+  }
+
+  /** TestScheduleSource.setSchedule(s): what the day-ahead market's clearing would record. */
+  setSchedule(slot: bigint, account: string, netWh: bigint, price: bigint): void {
+    this.schedules.set(`${slot}:${account}`, { netWh, price });
+  }
+
+  /**
+   * TestScheduleSource.pay: the source transfers `amount` to settlement and records it as the
+   * slot's schedule payment (Settlement.recordSchedulePayment, MARKET_ROLE).
+   */
+  paySchedule(slot: bigint, amount: bigint): void {
+    const source = this.scheduleSource;
+    if (source === undefined) throw new Error("no schedule source in the model");
+    this.transfer(source, this.settlement, amount);
+    const s = this.slot(slot);
+    if (s.closed) throw new ModelRevert("SettlementSlotClosed", [slot]);
+    s.pool += amount;
+    this.openPool += amount;
+    this.events.push({ name: "SchedulePaid", args: [slot, source, amount] });
+  }
+
+  /** A plain token transfer between two wallets the test watches. */
+  tokenTransfer(from: string, to: string, amount: bigint): void {
+    this.transfer(from, to, amount);
+  }
+
   /** Records a reading already known to be validly signed by an active, non-slack participant. */
   record(account: string, slot: bigint, importWh: bigint, exportWh: bigint, now: bigint): "recorded" | "noop" {
     const endsAt = (slot + 1n) * this.slotSeconds;
@@ -252,6 +312,8 @@ export class SettlementModel {
     const importDelta = baseline ? 0n : importWh - a.importWh;
     const exportDelta = baseline ? 0n : exportWh - a.exportWh;
     if (importDelta > UINT32_MAX || exportDelta > UINT32_MAX) throw new ModelRevert("ReadingOutOfRange", [slot]);
+    const netWh = importDelta - exportDelta;
+    if (netWh > INT32_MAX || netWh < INT32_MIN) throw new ModelRevert("ReadingOutOfRange", [slot]);
 
     const billedSlot = a.lastSlot;
     const billNow = !baseline && !a.billed;
@@ -260,12 +322,19 @@ export class SettlementModel {
     a.billed = baseline;
     a.importWh = importWh;
     a.exportWh = exportWh;
-    a.slotImportWh = importDelta;
-    a.slotExportWh = exportDelta;
+    a.slotNetWh = netWh;
+    a.scheduledWh = 0n;
     if (!baseline) {
+      // The schedule in force when the reading arrives; its deviation goes into the slot's totals.
       const s = this.slot(slot);
-      if (importDelta > exportDelta) s.demandWh += importDelta - exportDelta;
-      else if (exportDelta > importDelta) s.supplyWh += exportDelta - importDelta;
+      if (this.scheduleSource !== undefined) {
+        const { netWh: q, price } = this.schedule(slot, account);
+        a.scheduledWh = q;
+        if (q !== 0n && s.scheduledPrice === 0n) s.scheduledPrice = price;
+      }
+      const deviation = netWh - a.scheduledWh;
+      if (deviation > 0n) s.demandWh += deviation;
+      else if (deviation < 0n) s.supplyWh += -deviation;
       s.readings += 1n;
     }
     this.events.push({ name: "ReadingRecorded", args: [account, slot, importWh, exportWh, importDelta, exportDelta] });
@@ -288,7 +357,12 @@ export class SettlementModel {
     this.closeIfComplete(slot);
   }
 
-  /** Bills `account`'s pending slot; returns the payout to transfer to it. */
+  /**
+   * Bills `account`'s pending slot; returns the payout to transfer to it. A seller's scheduled
+   * sale is paid floor(|q| * scheduledPrice / 1000) from the pool; the deviation d = net - q is
+   * billed at the slot's real-time prices, and an upward deviation is paid from the scheduled
+   * revenue first, then from the deposit.
+   */
   private bill(account: string): bigint {
     const a = this.account(account);
     const slot = a.lastSlot;
@@ -297,16 +371,19 @@ export class SettlementModel {
     const demand = s.demandWh;
     const supply = s.supplyWh;
     const local = min(demand, supply);
-    const net = a.slotImportWh - a.slotExportWh;
+    const scheduled = a.scheduledWh;
+    const deviation = a.slotNetWh - scheduled;
+    let earned = scheduled < 0n ? (-scheduled * s.scheduledPrice) / 1000n : 0n;
+    let netted = 0n;
     let amount = 0n;
     let shortfall = 0n;
-    let payout = 0n;
-    if (net > 0n) {
-      const localWh = (net * local) / demand;
-      const cost = ceilDiv(localWh * s.price + (net - localWh) * s.retailPrice, 1000n);
-      const paid = min(cost, a.deposit);
-      a.deposit -= paid;
-      this.totalDeposits -= paid;
+    if (deviation > 0n) {
+      const localWh = (deviation * local) / demand;
+      const cost = ceilDiv(localWh * s.price + (deviation - localWh) * s.retailPrice, 1000n);
+      const paid = min(cost, a.deposit + earned);
+      netted = min(paid, earned);
+      a.deposit -= paid - netted;
+      this.totalDeposits -= paid - netted;
       s.pool += paid;
       this.openPool += paid;
       s.localWh += localWh;
@@ -316,18 +393,19 @@ export class SettlementModel {
         a.debt += shortfall;
         this.events.push({ name: "ParticipantInDebt", args: [account, slot, shortfall, a.debt] });
       }
-    } else if (net < 0n) {
-      const n = -net;
+    } else if (deviation < 0n) {
+      const n = -deviation;
       const localWh = (n * local) / supply;
-      payout = (localWh * s.price + (n - localWh) * s.feedInPrice) / 1000n;
-      s.pool -= payout;
-      this.openPool -= payout;
-      amount = -payout;
+      const revenue = (localWh * s.price + (n - localWh) * s.feedInPrice) / 1000n;
+      earned += revenue;
+      amount = -revenue;
     }
+    s.pool -= earned;
+    this.openPool -= earned;
     s.billed += 1n;
     a.billed = true;
-    this.events.push({ name: "Billed", args: [account, slot, net, amount, shortfall] });
-    return payout;
+    this.events.push({ name: "Billed", args: [account, slot, a.slotNetWh, scheduled, amount, shortfall] });
+    return earned - netted;
   }
 
   private price(slot: bigint, s: ModelSlot): void {
@@ -345,7 +423,10 @@ export class SettlementModel {
 
   private closeIfComplete(slot: bigint): void {
     const s = this.slot(slot);
-    if (s.closed || s.billed < s.readings || s.readings === 0n) return;
+    // A slot without readings closes too once something was paid into it (a schedule nobody metered).
+    if (s.closed || s.billed < s.readings || (s.readings === 0n && s.pool === 0n)) return;
+    const slack = this.slack;
+    if (slack === undefined) throw new ModelRevert("SettlementNoSlackUnit", []);
     const residual = s.pool;
     s.closed = true;
     s.pool = 0n;
@@ -356,18 +437,18 @@ export class SettlementModel {
     });
     if (residual > 0n) {
       let rest = residual;
-      const sa = this.account(this.slack);
+      const sa = this.account(slack);
       if (POSITIVE_RESIDUAL_REPAYS_SLACK_DEBT && sa.debt > 0n) {
         const repaid = min(sa.debt, rest);
         sa.debt -= repaid;
         this.badDebt -= repaid;
         rest -= repaid;
-        this.events.push({ name: "DebtRepaid", args: [this.slack, repaid, sa.debt] });
+        this.events.push({ name: "DebtRepaid", args: [slack, repaid, sa.debt] });
       }
-      if (rest > 0n) this.transfer(this.settlement, this.slack, rest);
+      if (rest > 0n) this.transfer(this.settlement, slack, rest);
     } else if (residual < 0n) {
       const owed = -residual;
-      const sa = this.account(this.slack);
+      const sa = this.account(slack);
       const paid = min(owed, sa.deposit);
       sa.deposit -= paid;
       this.totalDeposits -= paid;
@@ -375,7 +456,7 @@ export class SettlementModel {
         const shortfall = owed - paid;
         this.badDebt += shortfall;
         sa.debt += shortfall;
-        this.events.push({ name: "ParticipantInDebt", args: [this.slack, slot, shortfall, sa.debt] });
+        this.events.push({ name: "ParticipantInDebt", args: [slack, slot, shortfall, sa.debt] });
       }
     }
   }

@@ -1,7 +1,7 @@
 import type { HardhatEthersSigner } from "@nomicfoundation/hardhat-ethers/types";
 import { expect } from "chai";
 import type { ContractTransactionResponse, LogDescription } from "ethers";
-import { Kind, ONE, type Market, type Participant } from "./market.js";
+import { ceilDiv, Kind, ONE, type Market, type Participant } from "./market.js";
 import { ModelRevert, SettlementModel, type ModelEvent } from "./model.js";
 import { Rng } from "./random.js";
 import type { SignedReading } from "./readings.js";
@@ -10,15 +10,26 @@ import type { SignedReading } from "./readings.js";
  * One random market scenario, driven step by step against the chain and the reference model.
  *
  * Random participants (consumers and prosumers) with random deposits, meters that run every slot
- * whether or not a reading is sent (missed readings), readings in random batches from random
- * relayers with identical resubmissions and refused ones mixed in, deposits, withdrawals and
- * price changes, and settle calls for random slots and accounts in random order. After every step:
- * the escrow identity, the token supply, registers that never go down, and every account, slot,
- * total, balance and event equal to the model's. After every closed slot: energy conservation
- * (demand = supply + slack supplied - slack absorbed, from the meters themselves) and token
- * conservation (what buyers paid minus what sellers got is the slack unit's residual). At the end,
- * every slot with readings is closed and every participant was billed exactly the energy its
- * meter counted after its baseline.
+ * whether or not a reading is sent (missed readings, and slots nobody reads), random day-ahead
+ * schedules (buyers and sellers awarded at one price per slot through the test schedule source,
+ * buyers' costs prepaid into the slot's pool, sometimes in two payments or late, sometimes into a
+ * closed slot, which must be refused), readings in random batches from random relayers with
+ * identical resubmissions and refused ones mixed in, deposits, withdrawals and price changes, and
+ * settle calls for random slots and accounts in random order.
+ *
+ * After every step: the escrow identity (balance + badDebt == totalDeposits + openPool), the token
+ * supply in the watched wallets, registers that never go down, and every account, slot, total,
+ * balance and event equal to the model's. Independently of the model, from the events and token
+ * transfers: each bill carries the schedule the source holds for that account and slot, no
+ * (account, slot) is billed twice, and what settlement transfers to a billed account is exactly
+ * its scheduled revenue floor(|q| * P / 1000) plus its deviation revenue, less what its upward
+ * deviation took from that revenue. After every closed slot: energy conservation on deviations
+ * (demand = supply + slack supplied - slack absorbed, with d = metered net - schedule from the
+ * test's own meters and schedules) and token conservation (schedule payments + buyers' payments -
+ * sellers' scheduled and deviation revenue = the slack unit's residual). At the end, every slot
+ * with readings or a schedule payment is closed, every scheduled seller whose reading of the slot
+ * counted was paid its scheduled revenue exactly once, and every participant was billed exactly the
+ * energy its meter counted after its baseline.
  */
 
 export interface ScenarioStats {
@@ -28,6 +39,14 @@ export interface ScenarioStats {
   closedSlots: number;
   debts: number;
   badDebt: boolean;
+  /** Slots with day-ahead awards. */
+  scheduledSlots: number;
+  /** Bills of scheduled sellers (paid their scheduled revenue). */
+  scheduledSellerBills: number;
+  /** Bills of scheduled sellers whose upward deviation was paid from their scheduled revenue. */
+  nettedSellerBills: number;
+  /** Slots closed without any reading (a schedule payment nobody metered). */
+  unreadClosedSlots: number;
 }
 
 /** The events the model predicts; all the settlement emits in these scenarios. */
@@ -41,6 +60,7 @@ const MODEL_EVENTS = new Set([
   "ParticipantInDebt",
   "SlotPriced",
   "SlotClosed",
+  "SchedulePaid",
 ]);
 
 interface Meter {
@@ -62,6 +82,7 @@ function canonical(events: ModelEvent[]): string[] {
 export async function runScenario(market: Market, seed: number): Promise<ScenarioStats> {
   const rng = new Rng(seed);
   const { settlement, token } = market;
+  const tokenAddress = await token.getAddress();
   const all = [...market.participants.values()];
   const slack = all.find((p) => p.kind === Kind.SlackUnit);
   if (slack === undefined) throw new Error("the scenario market needs a slack unit");
@@ -72,10 +93,31 @@ export async function runScenario(market: Market, seed: number): Promise<Scenari
     importWh: rng.big(0n, 1_000_000n),
     exportWh: p.kind === Kind.Prosumer ? rng.big(0n, 100_000n) : 0n,
   }));
-  const stats: ScenarioStats = { steps: 0, readings: 0, refused: 0, closedSlots: 0, debts: 0, badDebt: false };
+  const stats: ScenarioStats = {
+    steps: 0,
+    readings: 0,
+    refused: 0,
+    closedSlots: 0,
+    debts: 0,
+    badDebt: false,
+    scheduledSlots: 0,
+    scheduledSellerBills: 0,
+    nettedSellerBills: 0,
+    unreadClosedSlots: 0,
+  };
+  const source = market.scheduleSource;
+  const sourceAddress = await source.getAddress();
+  if ((await settlement.scheduleSource()) !== sourceAddress) throw new Error("the scenario market needs the test schedule source set");
 
   // Everyone who can hold tokens: the supply must always be in these wallets and the escrow.
-  const watched = [market.settlementAddress, market.admin.address, market.relayer.address, market.outsider.address, ...all.map((p) => p.address)];
+  const watched = [
+    market.settlementAddress,
+    sourceAddress,
+    market.admin.address,
+    market.relayer.address,
+    market.outsider.address,
+    ...all.map((p) => p.address),
+  ];
   let model = new SettlementModel(
     market.settlementAddress,
     slack.address,
@@ -85,6 +127,7 @@ export async function runScenario(market: Market, seed: number): Promise<Scenari
     await settlement.feedInPrice(),
     await settlement.retailPrice(),
   );
+  model.scheduleSource = sourceAddress;
   for (const address of watched) model.balances.set(address, await token.balanceOf(address));
   for (const p of all) {
     const s = await settlement.accountState(p.address);
@@ -93,10 +136,28 @@ export async function runScenario(market: Market, seed: number): Promise<Scenari
 
   let now = BigInt(await market.helpers.time.latest());
   const observedRegisters = new Map<string, [bigint, bigint]>();
-  /** Energy per slot as the test's own meters attribute it: sum of positive and of negative nets. */
+  /**
+   * Deviation energy per slot as the test's own meters and schedules attribute it: sums of positive
+   * and of negative d = metered net - schedule, over the readings that counted (not baselines).
+   */
   const meterEnergy = new Map<bigint, { demand: bigint; supply: bigint; readings: bigint }>();
-  const billedPerSlot = new Map<bigint, { amount: bigint; shortfall: bigint; count: bigint }>();
+  const billedPerSlot = new Map<bigint, { amount: bigint; shortfall: bigint; count: bigint; scheduledRevenue: bigint }>();
   const billedNet = new Map<string, bigint>();
+  /** The test's record of the source's awards (`${slot}:${account}` -> Wh) and of each slot's price. */
+  const awards = new Map<string, bigint>();
+  const awardPrice = new Map<bigint, bigint>();
+  /** What the source paid into each slot's pool. */
+  const schedulePaid = new Map<bigint, bigint>();
+  /** Readings that counted (non-baseline), by `${slot}:${account}`. */
+  const counted = new Set<string>();
+  /** Bills seen, by `${slot}:${account}`, with the scheduled revenue paid with each. */
+  const billed = new Map<string, bigint>();
+  const awardOf = (slot: bigint, account: string): bigint => awards.get(`${slot}:${account}`) ?? 0n;
+  /** floor(|q| * P / 1000) for a scheduled sale, 0 for anything else. */
+  const scheduledRevenue = (slot: bigint, account: string): bigint => {
+    const q = awardOf(slot, account);
+    return q < 0n ? (-q * (awardPrice.get(slot) ?? 0n)) / 1000n : 0n;
+  };
 
   const relayers: HardhatEthersSigner[] = [market.relayer, market.outsider, market.admin, ...chosen.map((p) => p.signer)];
 
@@ -131,7 +192,17 @@ export async function runScenario(market: Market, seed: number): Promise<Scenari
     const receipt = await (await send()).wait();
     if (receipt === null) throw new Error(`${where}: no receipt`);
     const events: LogDescription[] = [];
+    /** What settlement transferred to each wallet in this transaction. */
+    const paidOut = new Map<string, bigint>();
     for (const log of receipt.logs) {
+      if (log.address === tokenAddress) {
+        const parsed = token.interface.parseLog(log);
+        if (parsed?.name === "Transfer" && parsed.args[0] === market.settlementAddress) {
+          const to = parsed.args[1] as string;
+          paidOut.set(to, (paidOut.get(to) ?? 0n) + (parsed.args[2] as bigint));
+        }
+        continue;
+      }
       if (log.address !== market.settlementAddress) continue;
       const parsed = settlement.interface.parseLog(log);
       if (parsed !== null) events.push(parsed);
@@ -140,8 +211,40 @@ export async function runScenario(market: Market, seed: number): Promise<Scenari
     expect(canonical(chainEvents), `${where}: events`).to.deep.equal(canonical(next.events));
     model = next;
     for (const e of events) onEvent(e, where);
+    checkPayouts(events, paidOut, where);
     await checkState(where);
     return true;
+  }
+
+  /**
+   * Independently of the model: what settlement transferred to each account billed in this
+   * transaction (less what it withdrew) is its scheduled revenue plus its deviation revenue, less
+   * what its upward deviation took from that scheduled revenue.
+   */
+  function checkPayouts(events: LogDescription[], paidOut: Map<string, bigint>, where: string): void {
+    const withdrawn = new Map<string, bigint>();
+    for (const e of events) if (e.name === "Withdrawn") withdrawn.set(e.args[0] as string, e.args[1] as bigint);
+    const seen = new Set<string>();
+    for (const e of events) {
+      if (e.name !== "Billed") continue;
+      const [account, slot, , , amount, shortfall] = e.args as unknown as [string, bigint, bigint, bigint, bigint, bigint];
+      expect(seen.has(account), `${where}: ${account} billed twice in one transaction`).to.equal(false);
+      seen.add(account);
+      const sched = scheduledRevenue(slot, account);
+      let expected: bigint;
+      if (amount > 0n) {
+        const paid = amount - shortfall;
+        const netted = paid < sched ? paid : sched;
+        expected = sched - netted;
+        if (sched > 0n && netted > 0n) stats.nettedSellerBills += 1;
+      } else {
+        expected = sched - amount;
+      }
+      const received = (paidOut.get(account) ?? 0n) - (withdrawn.get(account) ?? 0n);
+      expect(received, `${where}: payout to ${account} for slot ${slot} (scheduled revenue ${sched}, bill ${amount})`).to.equal(expected);
+      billed.set(`${slot}:${account}`, sched);
+      if (sched > 0n) stats.scheduledSellerBills += 1;
+    }
   }
 
   function onEvent(e: LogDescription, where: string): void {
@@ -164,19 +267,25 @@ export async function runScenario(market: Market, seed: number): Promise<Scenari
         // The energy attributed to the slot is the whole register difference since the last reading.
         expect([importDelta, exportDelta], `${where}: deltas`).to.deep.equal([importWh - meter.last[0], exportWh - meter.last[1]]);
         const energy = meterEnergy.get(slot) ?? { demand: 0n, supply: 0n, readings: 0n };
-        const net = importDelta - exportDelta;
-        if (net > 0n) energy.demand += net;
-        else energy.supply -= net;
+        const deviation = importDelta - exportDelta - awardOf(slot, account);
+        if (deviation > 0n) energy.demand += deviation;
+        else energy.supply -= deviation;
         energy.readings += 1n;
         meterEnergy.set(slot, energy);
+        counted.add(`${slot}:${account}`);
       }
       meter.last = [importWh, exportWh];
     } else if (e.name === "Billed") {
-      const [account, slot, netWh, amount, shortfall] = e.args as unknown as [string, bigint, bigint, bigint, bigint];
-      const b = billedPerSlot.get(slot) ?? { amount: 0n, shortfall: 0n, count: 0n };
+      const [account, slot, netWh, scheduledWh, amount, shortfall] = e.args as unknown as [string, bigint, bigint, bigint, bigint, bigint];
+      // Nothing is billed twice, each bill is of a reading that counted, with the source's schedule.
+      expect(billed.has(`${slot}:${account}`), `${where}: ${account} billed twice for slot ${slot}`).to.equal(false);
+      expect(counted.has(`${slot}:${account}`), `${where}: ${account} billed for slot ${slot} without a reading of it`).to.equal(true);
+      expect(scheduledWh, `${where}: schedule billed to ${account} in slot ${slot}`).to.equal(awardOf(slot, account));
+      const b = billedPerSlot.get(slot) ?? { amount: 0n, shortfall: 0n, count: 0n, scheduledRevenue: 0n };
       b.amount += amount;
       b.shortfall += shortfall;
       b.count += 1n;
+      b.scheduledRevenue += scheduledRevenue(slot, account);
       billedPerSlot.set(slot, b);
       billedNet.set(account, (billedNet.get(account) ?? 0n) + netWh);
     } else if (e.name === "ParticipantInDebt") {
@@ -185,18 +294,30 @@ export async function runScenario(market: Market, seed: number): Promise<Scenari
     } else if (e.name === "SlotClosed") {
       stats.closedSlots += 1;
       const [slot, localWh, supplied, absorbed, slackAmount] = e.args as unknown as [bigint, bigint, bigint, bigint, bigint];
-      const energy = meterEnergy.get(slot);
-      if (energy === undefined) throw new Error(`${where}: slot ${slot} closed without readings`);
-      // Energy conservation, against what the meters counted.
+      const energy = meterEnergy.get(slot) ?? { demand: 0n, supply: 0n, readings: 0n };
+      const paid = schedulePaid.get(slot) ?? 0n;
+      if (energy.readings === 0n) {
+        // Only a schedule payment nobody metered closes a slot without readings; it all goes to the slack unit.
+        expect(paid, `${where}: slot ${slot} closed without readings or schedule payments`).to.be.greaterThan(0n);
+        stats.unreadClosedSlots += 1;
+      }
+      // Energy conservation on deviations, against what the meters counted and the schedules said.
       expect(energy.demand, `${where}: demand = supply + slack supplied - slack absorbed in slot ${slot}`).to.equal(
         energy.supply + supplied - absorbed,
       );
       expect(localWh <= energy.demand && localWh <= energy.supply, `${where}: local energy within D and U`).to.equal(true);
-      // Token conservation: buyers' payments minus sellers' revenues is the slack unit's residual.
-      const b = billedPerSlot.get(slot);
-      if (b === undefined) throw new Error(`${where}: slot ${slot} closed without bills`);
-      expect(b.amount - b.shortfall - slackAmount, `${where}: sum of bills - shortfalls - slack residual in slot ${slot}`).to.equal(0n);
+      // Token conservation: schedule payments + buyers' payments - sellers' scheduled and deviation
+      // revenue is the slack unit's residual.
+      const b = billedPerSlot.get(slot) ?? { amount: 0n, shortfall: 0n, count: 0n, scheduledRevenue: 0n };
+      expect(
+        paid + b.amount - b.shortfall - b.scheduledRevenue - slackAmount,
+        `${where}: schedule payments + bills - shortfalls - scheduled revenue - slack residual in slot ${slot}`,
+      ).to.equal(0n);
       expect(b.count, `${where}: every reading of slot ${slot} billed once`).to.equal(energy.readings);
+    } else if (e.name === "SchedulePaid") {
+      const [slot, payer, amount] = e.args as unknown as [bigint, string, bigint];
+      expect(payer, `${where}: schedule paid by the source`).to.equal(sourceAddress);
+      schedulePaid.set(slot, (schedulePaid.get(slot) ?? 0n) + amount);
     }
   }
 
@@ -217,9 +338,9 @@ export async function runScenario(market: Market, seed: number): Promise<Scenari
       const s = await settlement.accountState(p.address);
       const m = model.account(p.address);
       expect(
-        [s.lastSlot, s.billed, s.importWh, s.exportWh, s.slotImportWh, s.slotExportWh, s.deposit, s.debt],
+        [s.lastSlot, s.billed, s.importWh, s.exportWh, s.slotNetWh, s.scheduledWh, s.deposit, s.debt],
         `${where}: account ${p.name}`,
-      ).to.deep.equal([m.lastSlot, m.billed, m.importWh, m.exportWh, m.slotImportWh, m.slotExportWh, m.deposit, m.debt]);
+      ).to.deep.equal([m.lastSlot, m.billed, m.importWh, m.exportWh, m.slotNetWh, m.scheduledWh, m.deposit, m.debt]);
       const before = observedRegisters.get(p.address);
       if (before !== undefined) {
         expect(s.importWh >= before[0] && s.exportWh >= before[1], `${where}: registers of ${p.name} never decrease`).to.equal(true);
@@ -229,9 +350,35 @@ export async function runScenario(market: Market, seed: number): Promise<Scenari
     for (const [slot, m] of model.slots) {
       const s = await settlement.slotState(slot);
       expect(
-        [s.demandWh, s.supplyWh, s.localWh, s.readings, s.billed, s.priced, s.closed, s.price, s.feedInPrice, s.retailPrice, s.pool],
+        [
+          s.demandWh,
+          s.supplyWh,
+          s.localWh,
+          s.readings,
+          s.billed,
+          s.priced,
+          s.closed,
+          s.scheduledPrice,
+          s.price,
+          s.feedInPrice,
+          s.retailPrice,
+          s.pool,
+        ],
         `${where}: slot ${slot}`,
-      ).to.deep.equal([m.demandWh, m.supplyWh, m.localWh, m.readings, m.billed, m.priced, m.closed, m.price, m.feedInPrice, m.retailPrice, m.pool]);
+      ).to.deep.equal([
+        m.demandWh,
+        m.supplyWh,
+        m.localWh,
+        m.readings,
+        m.billed,
+        m.priced,
+        m.closed,
+        m.scheduledPrice,
+        m.price,
+        m.feedInPrice,
+        m.retailPrice,
+        m.pool,
+      ]);
     }
   }
 
@@ -273,7 +420,16 @@ export async function runScenario(market: Market, seed: number): Promise<Scenari
       const choice = rng.next();
       const amount = choice < 0.5 ? rng.big(1n, free > 1n ? free : 1n) : choice < 0.75 ? free : free + rng.big(1n, 1_000n);
       await step(`withdraw ${w.name}`, () => settlement.connect(w.signer).withdraw(amount), (m) => m.withdraw(w.address, amount, now + 1n));
-    } else if (r < 0.9) {
+    } else if (r < 0.85) {
+      // The market pays into an earlier slot: accepted while it is open (a late clearing payment, or a
+      // slot nobody read), refused once it is closed (SettlementSlotClosed).
+      const slot = rng.pick(slotsSoFar.length > 0 ? slotsSoFar : [firstSlot]);
+      const amount = rng.big(1n, ONE / 10n);
+      await step(`${p.name} pays the source`, () => token.connect(p.signer).transfer(sourceAddress, amount), (m) =>
+        m.tokenTransfer(p.address, sourceAddress, amount),
+      );
+      await step(`late schedule payment into slot ${slot}`, () => source.pay(slot, amount), (m) => m.paySchedule(slot, amount));
+    } else if (r < 0.92) {
       const feedIn = rng.big(10_000n, 100_000n);
       const retail = feedIn + rng.big(0n, 400_000n);
       await step("setPrices", () => settlement.connect(market.admin).setPrices(feedIn, retail), (m) => m.setPrices(feedIn, retail));
@@ -285,6 +441,61 @@ export async function runScenario(market: Market, seed: number): Promise<Scenari
     }
   }
 
+  // ---------------------------------------------------------------- day-ahead schedules
+
+  /** Splits `total` into `n` positive parts at random. */
+  function split(total: bigint, n: number): bigint[] {
+    const parts: bigint[] = [];
+    let left = total;
+    for (let i = n - 1; i > 0; --i) {
+      const part = rng.big(1n, left - BigInt(i));
+      parts.push(part);
+      left -= part;
+    }
+    parts.push(left);
+    return rng.shuffle(parts);
+  }
+
+  /**
+   * A day-ahead clearing of `slot`, as the market would record it: random buyers and sellers among
+   * the participants (any kind may trade; deviations settle what they do not deliver), equal
+   * volumes on both sides at one price between the current feed-in and retail prices, and each
+   * buyer's cost ceil(award * price / 1000) escrowed with the source (a token transfer) and paid
+   * into the slot's pool, in one payment or two.
+   */
+  async function dayAhead(slot: bigint): Promise<void> {
+    const traders = rng.shuffle(chosen);
+    const nb = 1 + rng.int(Math.min(3, traders.length - 1));
+    const ns = 1 + rng.int(Math.min(3, traders.length - nb));
+    const buyers = traders.slice(0, nb);
+    const sellers = traders.slice(nb, nb + ns);
+    const volume = rng.big(BigInt(Math.max(nb, ns)), rng.chance(0.3) ? 500n : 8_000n);
+    const price = rng.big(model.feedInPrice, model.retailPrice);
+    const buys = split(volume, nb);
+    const sells = split(volume, ns).map((q) => -q);
+    const accounts = [...buyers, ...sellers].map((p) => p.address);
+    const netWh = [...buys, ...sells];
+    await step(`day-ahead schedule of slot ${slot}`, () => source.setSchedules(slot, accounts, netWh, price), (m) => {
+      accounts.forEach((account, i) => m.setSchedule(slot, account, netWh[i] as bigint, price));
+    });
+    accounts.forEach((account, i) => awards.set(`${slot}:${account}`, netWh[i] as bigint));
+    awardPrice.set(slot, price);
+    stats.scheduledSlots += 1;
+    let cost = 0n;
+    for (const [i, buyer] of buyers.entries()) {
+      const c = ceilDiv((buys[i] as bigint) * price, 1000n);
+      cost += c;
+      await step(`${buyer.name} escrows its day-ahead cost`, () => token.connect(buyer.signer).transfer(sourceAddress, c), (m) =>
+        m.tokenTransfer(buyer.address, sourceAddress, c),
+      );
+    }
+    const first = rng.chance(0.25) ? rng.big(0n, cost) : cost;
+    for (const amount of [first, cost - first]) {
+      if (amount === 0n && cost !== 0n) continue;
+      await step(`schedule payment of slot ${slot}`, () => source.pay(slot, amount), (m) => m.paySchedule(slot, amount));
+    }
+  }
+
   // ---------------------------------------------------------------- slots
 
   const firstSlot = now / market.slotSeconds + 1n;
@@ -292,6 +503,7 @@ export async function runScenario(market: Market, seed: number): Promise<Scenari
   const slotsSoFar: bigint[] = [];
   for (let k = 0; k < slotCount; ++k) {
     const slot = firstSlot + BigInt(k);
+    if (rng.chance(0.75)) await dayAhead(slot);
     // Delivery: every meter runs, read or not.
     for (const meter of meters) {
       meter.importWh += rng.chance(0.15) ? 0n : rng.big(0n, meter.p.kind === Kind.Prosumer ? 2_000n : 3_000n);
@@ -299,7 +511,8 @@ export async function runScenario(market: Market, seed: number): Promise<Scenari
     }
     // The reading window of the slot.
     now = now > market.opens(slot) ? now : market.opens(slot);
-    const readers = meters.filter(() => rng.chance(0.75));
+    // Sometimes nobody reads a slot: a schedule paid into it closes it without readings.
+    const readers = rng.chance(0.08) ? [] : meters.filter(() => rng.chance(0.75));
     const signed: SignedReading[] = [];
     for (const meter of readers) signed.push(await market.sign(meter.p, slot, meter.importWh, meter.exportWh));
     const sent: SignedReading[] = [];
@@ -358,7 +571,22 @@ export async function runScenario(market: Market, seed: number): Promise<Scenari
   for (const [slot, energy] of meterEnergy) {
     expect((await settlement.slotState(slot)).closed, `seed ${seed}: slot ${slot} with ${energy.readings} readings closed`).to.equal(true);
   }
+  for (const [slot, paid] of schedulePaid) {
+    if (paid > 0n) expect((await settlement.slotState(slot)).closed, `seed ${seed}: slot ${slot} with schedule payments closed`).to.equal(true);
+  }
   expect(await settlement.openPool(), `seed ${seed}: no open pool once every slot is closed`).to.equal(0n);
+  // Every scheduled seller whose reading of the slot counted was paid its scheduled revenue exactly
+  // once (billed twice is refused on the way); one without such a reading was not billed for the slot.
+  for (const [key, q] of awards) {
+    if (q >= 0n) continue;
+    const [slotText, account] = key.split(":") as [string, string];
+    const slot = BigInt(slotText);
+    if (counted.has(key)) {
+      expect(billed.get(key), `seed ${seed}: scheduled revenue paid to ${account} for slot ${slot}`).to.equal(scheduledRevenue(slot, account));
+    } else {
+      expect(billed.has(key), `seed ${seed}: ${account} billed for slot ${slot} without a reading`).to.equal(false);
+    }
+  }
   // No energy lost from billing: each participant was billed exactly what its meter counted since its baseline.
   for (const meter of meters) {
     if (meter.baseline === undefined || meter.last === undefined) continue;
