@@ -12,6 +12,8 @@ declare module "@nomicfoundation/hardhat-ethers/types" {
   interface HardhatEthersHelpers extends HardhatEthersHelpersBase {
   getContractFactory(name: 'DayAheadMarket', signerOrOptions?: ethers.Signer | FactoryOptions): Promise<Contracts.DayAheadMarket__factory>
 getContractFactory(name: 'IDayAheadMarket', signerOrOptions?: ethers.Signer | FactoryOptions): Promise<Contracts.IDayAheadMarket__factory>
+getContractFactory(name: 'IIntradayMarket', signerOrOptions?: ethers.Signer | FactoryOptions): Promise<Contracts.IIntradayMarket__factory>
+getContractFactory(name: 'IntradayMarket', signerOrOptions?: ethers.Signer | FactoryOptions): Promise<Contracts.IntradayMarket__factory>
 getContractFactory(name: 'IMeterLedger', signerOrOptions?: ethers.Signer | FactoryOptions): Promise<Contracts.IMeterLedger__factory>
 getContractFactory(name: 'MeterLedger', signerOrOptions?: ethers.Signer | FactoryOptions): Promise<Contracts.MeterLedger__factory>
 getContractFactory(name: 'IParticipantRegistry', signerOrOptions?: ethers.Signer | FactoryOptions): Promise<Contracts.IParticipantRegistry__factory>
@@ -25,6 +27,8 @@ getContractFactory(name: 'EnergyToken', signerOrOptions?: ethers.Signer | Factor
 
   getContractAt(name: 'DayAheadMarket', address: string | ethers.Addressable, signer?: ethers.Signer): Promise<Contracts.DayAheadMarket>
 getContractAt(name: 'IDayAheadMarket', address: string | ethers.Addressable, signer?: ethers.Signer): Promise<Contracts.IDayAheadMarket>
+getContractAt(name: 'IIntradayMarket', address: string | ethers.Addressable, signer?: ethers.Signer): Promise<Contracts.IIntradayMarket>
+getContractAt(name: 'IntradayMarket', address: string | ethers.Addressable, signer?: ethers.Signer): Promise<Contracts.IntradayMarket>
 getContractAt(name: 'IMeterLedger', address: string | ethers.Addressable, signer?: ethers.Signer): Promise<Contracts.IMeterLedger>
 getContractAt(name: 'MeterLedger', address: string | ethers.Addressable, signer?: ethers.Signer): Promise<Contracts.MeterLedger>
 getContractAt(name: 'IParticipantRegistry', address: string | ethers.Addressable, signer?: ethers.Signer): Promise<Contracts.IParticipantRegistry>
@@ -38,6 +42,8 @@ getContractAt(name: 'EnergyToken', address: string | ethers.Addressable, signer?
 
   deployContract(name: 'DayAheadMarket', signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.DayAheadMarket>
 deployContract(name: 'IDayAheadMarket', signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.IDayAheadMarket>
+deployContract(name: 'IIntradayMarket', signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.IIntradayMarket>
+deployContract(name: 'IntradayMarket', signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.IntradayMarket>
 deployContract(name: 'IMeterLedger', signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.IMeterLedger>
 deployContract(name: 'MeterLedger', signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.MeterLedger>
 deployContract(name: 'IParticipantRegistry', signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.IParticipantRegistry>
@@ -51,6 +57,8 @@ deployContract(name: 'EnergyToken', signerOrOptions?: ethers.Signer | DeployCont
 
   deployContract(name: 'DayAheadMarket', args: any[], signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.DayAheadMarket>
 deployContract(name: 'IDayAheadMarket', args: any[], signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.IDayAheadMarket>
+deployContract(name: 'IIntradayMarket', args: any[], signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.IIntradayMarket>
+deployContract(name: 'IntradayMarket', args: any[], signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.IntradayMarket>
 deployContract(name: 'IMeterLedger', args: any[], signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.IMeterLedger>
 deployContract(name: 'MeterLedger', args: any[], signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.MeterLedger>
 deployContract(name: 'IParticipantRegistry', args: any[], signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.IParticipantRegistry>

@@ -3,3 +3,5 @@
 /* eslint-disable */
 export type { DayAheadMarket } from './DayAheadMarket.js';
 export type { IDayAheadMarket } from './IDayAheadMarket.js';
+export type { IIntradayMarket } from './IIntradayMarket.js';
+export type { IntradayMarket } from './IntradayMarket.js';

@@ -3,3 +3,5 @@
 /* eslint-disable */
 export { DayAheadMarket__factory } from './DayAheadMarket__factory.js';
 export { IDayAheadMarket__factory } from './IDayAheadMarket__factory.js';
+export { IIntradayMarket__factory } from './IIntradayMarket__factory.js';
+export { IntradayMarket__factory } from './IntradayMarket__factory.js';
