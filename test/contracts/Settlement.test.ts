@@ -1,7 +1,7 @@
 import { expect } from "chai";
 import { network } from "hardhat";
 import { Settlement__factory } from "../../agents/chain/types/index.js";
-import { deployMarket, FEED_IN, Kind, ONE, RETAIL, type Market } from "./helpers/market.js";
+import { deployMarket, FEED_IN, Kind, ONE, RETAIL, type Awards, type Market } from "./helpers/market.js";
 import { runScenario } from "./helpers/property.js";
 import { signReading } from "./helpers/readings.js";
 
@@ -40,6 +40,27 @@ async function deploySettlement(): Promise<Market> {
 
 async function fixture() {
   const market = await networkHelpers.loadFixture(deploySettlement);
+  const slot = await market.freshSlot();
+  const a = (name: string) => market.p(name).address;
+  return { market, settlement: market.settlement, token: market.token, slot, a };
+}
+
+/** The same market with the test schedule source (standing in for the day-ahead market) set. */
+async function deployScheduledSettlement(): Promise<Market> {
+  return deployMarket(ethers, networkHelpers, {
+    participants: [
+      { name: "alice", kind: Kind.Consumer },
+      { name: "bob", kind: Kind.Prosumer },
+      { name: "carol", kind: Kind.Prosumer },
+      { name: "dave", kind: Kind.Consumer },
+      { name: "slack", kind: Kind.SlackUnit, deposit: SLACK_DEPOSIT },
+    ],
+    scheduleSource: true,
+  });
+}
+
+async function scheduledFixture() {
+  const market = await networkHelpers.loadFixture(deployScheduledSettlement);
   const slot = await market.freshSlot();
   const a = (name: string) => market.p(name).address;
   return { market, settlement: market.settlement, token: market.token, slot, a };
@@ -797,6 +818,323 @@ describe("Settlement", function () {
       expect((await settlement.accountState(a("dave"))).deposit).to.equal(ONE - 112_500n);
       await market.expectIdentity();
       await market.expectDepositsSum();
+    });
+  });
+
+  describe("schedules (day-ahead positions)", function () {
+    // The test schedule source (contracts/test/TestScheduleSource.sol) stands in for the day-ahead
+    // market: it records awards and pays buyers' costs into the slot's pool, as a clearing does.
+
+    /**
+     * Baselines in `slot`; then, for slot + 1, the day-ahead `awards` at `price` (buyers prepay into
+     * the pool) and readings that carry `energy`. Returns slot + 1, pending, and what was prepaid.
+     */
+    async function scheduledSlot(
+      market: Market,
+      slot: bigint,
+      price: bigint,
+      awards: Awards,
+      energy: Record<string, [bigint, bigint]>,
+    ): Promise<{ T: bigint; prepaid: bigint }> {
+      const base: Record<string, [bigint, bigint]> = {};
+      const next: Record<string, [bigint, bigint]> = {};
+      for (const [name, [importWh, exportWh]] of Object.entries(energy)) {
+        base[name] = [BASE_IMPORT, BASE_EXPORT];
+        next[name] = [BASE_IMPORT + importWh, BASE_EXPORT + exportWh];
+      }
+      await market.readSlot(slot, base);
+      const prepaid = await market.schedule(slot + 1n, price, awards);
+      await market.readSlot(slot + 1n, next);
+      return { T: slot + 1n, prepaid };
+    }
+
+    describe("schedule source and schedule payments", function () {
+      it("setScheduleSource is for the admin, moves MARKET_ROLE to the new source and refuses zero", async function () {
+        const { market, settlement } = await fixture();
+        const MARKET_ROLE = await settlement.MARKET_ROLE();
+        expect(await settlement.scheduleSource()).to.equal(ethers.ZeroAddress);
+        expect(await settlement.hasRole(MARKET_ROLE, market.admin.address)).to.equal(false);
+        await expect(settlement.connect(market.outsider).setScheduleSource(market.outsider.address))
+          .to.be.revertedWithCustomError(settlement, "AccessControlUnauthorizedAccount")
+          .withArgs(market.outsider.address, await settlement.DEFAULT_ADMIN_ROLE());
+        await expect(settlement.setScheduleSource(ethers.ZeroAddress)).to.be.revertedWithCustomError(settlement, "SettlementZeroAddress");
+
+        const first = await ethers.deployContract("TestScheduleSource", [await market.token.getAddress(), market.settlementAddress]);
+        const second = await ethers.deployContract("TestScheduleSource", [await market.token.getAddress(), market.settlementAddress]);
+        await expect(settlement.setScheduleSource(await first.getAddress()))
+          .to.emit(settlement, "ScheduleSourceSet")
+          .withArgs(await first.getAddress());
+        expect(await settlement.hasRole(MARKET_ROLE, await first.getAddress())).to.equal(true);
+        await settlement.setScheduleSource(await second.getAddress());
+        expect(await settlement.scheduleSource()).to.equal(await second.getAddress());
+        expect(await settlement.hasRole(MARKET_ROLE, await first.getAddress())).to.equal(false);
+        expect(await settlement.hasRole(MARKET_ROLE, await second.getAddress())).to.equal(true);
+        // The replaced source can no longer pay into slots.
+        await market.token.mint(await first.getAddress(), ONE);
+        await expect(first.pay(123n, ONE))
+          .to.be.revertedWithCustomError(settlement, "AccessControlUnauthorizedAccount")
+          .withArgs(await first.getAddress(), MARKET_ROLE);
+      });
+
+      it("recordSchedulePayment is for MARKET_ROLE, adds to the slot's pool and openPool, and keeps the identity", async function () {
+        const { market, settlement, slot } = await scheduledFixture();
+        const MARKET_ROLE = await settlement.MARKET_ROLE();
+        await expect(settlement.connect(market.outsider).recordSchedulePayment(slot, 1n))
+          .to.be.revertedWithCustomError(settlement, "AccessControlUnauthorizedAccount")
+          .withArgs(market.outsider.address, MARKET_ROLE);
+        const source = market.scheduleSource;
+        await market.token.mint(await source.getAddress(), 5n * ONE);
+        const tx = source.pay(slot, 2n * ONE);
+        await expect(tx).to.emit(settlement, "SchedulePaid").withArgs(slot, await source.getAddress(), 2n * ONE);
+        await expect(tx).to.changeTokenBalances(ethers, market.token, [await source.getAddress(), market.settlementAddress], [-2n * ONE, 2n * ONE]);
+        await source.pay(slot, 3n * ONE);
+        expect((await settlement.slotState(slot)).pool).to.equal(5n * ONE);
+        expect(await settlement.openPool()).to.equal(5n * ONE);
+        await market.expectIdentity();
+      });
+
+      it("a slot nobody read closes on an empty settle after its deadline; the prepaid pool goes to the slack unit", async function () {
+        const { market, settlement, token, slot, a } = await scheduledFixture();
+        const prepaid = await market.schedule(slot, 100_000n, { alice: 1_000n, bob: -1_000n });
+        expect(prepaid).to.equal(100_000n);
+        await market.at(market.deadline(slot));
+        await expect(settlement.settle(slot, []))
+          .to.be.revertedWithCustomError(settlement, "SettlementSlotNotFinal")
+          .withArgs(slot, market.deadline(slot));
+        await market.afterDeadline(slot);
+        const tx = settlement.settle(slot, []);
+        await expect(tx).to.emit(settlement, "SlotClosed").withArgs(slot, 0n, 0n, 0n, 100_000n);
+        await expect(tx).not.to.emit(settlement, "SlotPriced");
+        await expect(tx).to.changeTokenBalances(ethers, token, [a("slack"), market.settlementAddress], [100_000n, -100_000n]);
+        const s = await settlement.slotState(slot);
+        expect([s.readings, s.billed, s.closed, s.pool]).to.deep.equal([0n, 0n, true, 0n]);
+        expect(await settlement.openPool()).to.equal(0n);
+        await market.expectIdentity();
+        // Closed: settling again does nothing, and nothing more can be paid into it.
+        await expect(settlement.settle(slot, [])).not.to.emit(settlement, "SlotClosed");
+        await token.mint(await market.scheduleSource.getAddress(), ONE);
+        await expect(market.scheduleSource.pay(slot, ONE))
+          .to.be.revertedWithCustomError(settlement, "SettlementSlotClosed")
+          .withArgs(slot);
+        await market.expectIdentity();
+      });
+
+      it("a payment into a slot closed by its last bill is refused (SettlementSlotClosed)", async function () {
+        const { market, settlement, slot, a } = await scheduledFixture();
+        const { T } = await scheduledSlot(market, slot, 100_000n, { alice: 1_000n, bob: -1_000n }, { alice: [1_000n, 0n], bob: [0n, 1_000n] });
+        await market.afterDeadline(T);
+        await settlement.settle(T, [a("alice"), a("bob")]);
+        expect((await settlement.slotState(T)).closed).to.equal(true);
+        await market.token.mint(await market.scheduleSource.getAddress(), ONE);
+        await expect(market.scheduleSource.pay(T, 1n)).to.be.revertedWithCustomError(settlement, "SettlementSlotClosed").withArgs(T);
+        // A later slot still takes payments.
+        await expect(market.scheduleSource.pay(T + 1n, 1n)).to.emit(settlement, "SchedulePaid");
+      });
+    });
+
+    describe("billing around the schedule", function () {
+      it("a schedule kept exactly: the seller gets floor(|q| * P / 1000), buyers owe nothing more, the dust goes to the slack unit", async function () {
+        const { market, settlement, token, slot, a } = await scheduledFixture();
+        // P = 123_457: alice prepaid ceil(1_001 * P / 1000) = 123_581, dave ceil(999 * P / 1000) = 123_334.
+        const { T, prepaid } = await scheduledSlot(
+          market,
+          slot,
+          123_457n,
+          { alice: 1_001n, dave: 999n, bob: -2_000n },
+          { alice: [1_001n, 0n], dave: [1_099n, 100n], bob: [0n, 2_000n] },
+        );
+        expect(prepaid).to.equal(123_581n + 123_334n);
+        const s0 = await settlement.slotState(T);
+        expect([s0.scheduledPrice, s0.demandWh, s0.supplyWh, s0.readings, s0.pool]).to.deep.equal([123_457n, 0n, 0n, 3n, prepaid]);
+        expect((await settlement.accountState(a("bob"))).scheduledWh).to.equal(-2_000n);
+        expect((await settlement.accountState(a("alice"))).scheduledWh).to.equal(1_001n);
+        await market.afterDeadline(T);
+        const tx = settlement.settle(T, [a("alice"), a("bob"), a("dave")]);
+        // No deviation: the real-time price is the midpoint and nobody's deviation costs anything.
+        await expect(tx).to.emit(settlement, "SlotPriced").withArgs(T, 175_000n, 0n, 0n);
+        await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, 1_001n, 1_001n, 0n, 0n);
+        await expect(tx).to.emit(settlement, "Billed").withArgs(a("dave"), T, 999n, 999n, 0n, 0n);
+        await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -2_000n, -2_000n, 0n, 0n);
+        // bob: floor(2_000 * 123_457 / 1000) = 246_914; the rounding dust, 1, goes to the slack unit.
+        await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 0n, 0n, 0n, 1n);
+        await expect(tx).to.changeTokenBalances(
+          ethers,
+          token,
+          [a("alice"), a("dave"), a("bob"), a("slack"), market.settlementAddress],
+          [0n, 0n, 246_914n, 1n, -246_915n],
+        );
+        for (const name of ["alice", "dave", "bob"]) expect((await settlement.accountState(a(name))).deposit).to.equal(DEPOSIT);
+        await market.expectIdentity();
+        await market.expectDepositsSum();
+      });
+
+      it("deviations are priced in real time around the schedules, and energy balances on deviations", async function () {
+        const { market, settlement, token, slot, a } = await scheduledFixture();
+        // alice bought 1_000 from bob at 100_000 and used 1_500 (d = +500); bob delivered 1_200
+        // (d = -200); carol, unscheduled, exported 400 (d = -400). D = 500, U = 600:
+        // p = 50_000 + 250_000 * 500 / 1_100 = 163_636; L = 500.
+        const { T } = await scheduledSlot(
+          market,
+          slot,
+          100_000n,
+          { alice: 1_000n, bob: -1_000n },
+          { alice: [1_500n, 0n], bob: [0n, 1_200n], carol: [0n, 400n] },
+        );
+        const s0 = await settlement.slotState(T);
+        expect([s0.demandWh, s0.supplyWh]).to.deep.equal([500n, 600n]);
+        await market.afterDeadline(T);
+        const tx = settlement.settle(T, [a("bob"), a("carol"), a("alice")]);
+        await expect(tx).to.emit(settlement, "SlotPriced").withArgs(T, 163_636n, 500n, 600n);
+        // alice: 500 locally at p: ceil(81_818) = 81_818, from her deposit.
+        await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, 1_500n, 1_000n, 81_818n, 0n);
+        // bob: scheduled 100_000, plus floor(200 * 500 / 600) = 166 Wh at p and 34 at feed-in: 28_863.
+        await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -1_200n, -1_000n, -28_863n, 0n);
+        // carol: 333 Wh at p and 67 at feed-in: 57_840.
+        await expect(tx).to.emit(settlement, "Billed").withArgs(a("carol"), T, -400n, 0n, -57_840n, 0n);
+        // Pool: 100_000 + 81_818 - 100_000 - 28_863 - 57_840 = -4_885, from the slack unit's deposit;
+        // it absorbed U - L = 100 Wh of deviations and supplied none: 500 = 600 + 0 - 100.
+        await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 500n, 0n, 100n, -4_885n);
+        await expect(tx).to.changeTokenBalances(
+          ethers,
+          token,
+          [a("alice"), a("bob"), a("carol"), a("slack")],
+          [0n, 128_863n, 57_840n, 0n],
+        );
+        expect((await settlement.accountState(a("alice"))).deposit).to.equal(DEPOSIT - 81_818n);
+        expect((await settlement.accountState(a("slack"))).deposit).to.equal(SLACK_DEPOSIT - 4_885n);
+        await market.expectIdentity();
+        await market.expectDepositsSum();
+      });
+
+      it("a scheduled buyer who uses less sells the rest back at the real-time price", async function () {
+        const { market, settlement, token, slot, a } = await scheduledFixture();
+        // alice bought 1_000 at 200_000 and used 400: d = -600; nobody else deviates, so D = 0 and
+        // p = feed-in; all 600 Wh go to the slack unit at 50_000: 30_000.
+        const { T } = await scheduledSlot(market, slot, 200_000n, { alice: 1_000n, bob: -1_000n }, { alice: [400n, 0n], bob: [0n, 1_000n] });
+        await market.afterDeadline(T);
+        const tx = settlement.settle(T, [a("alice"), a("bob")]);
+        await expect(tx).to.emit(settlement, "SlotPriced").withArgs(T, FEED_IN, 0n, 600n);
+        await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, 400n, 1_000n, -30_000n, 0n);
+        await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -1_000n, -1_000n, 0n, 0n);
+        await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 0n, 0n, 600n, -30_000n);
+        await expect(tx).to.changeTokenBalances(ethers, token, [a("alice"), a("bob")], [30_000n, 200_000n]);
+        await market.expectIdentity();
+      });
+
+      it("a seller who delivers less pays its deviation from its scheduled revenue first", async function () {
+        const { market, settlement, token, slot, a } = await scheduledFixture();
+        // bob sold 2_000 at 100_000 (revenue 200_000) and delivered 1_500: d = +500, D = 500, U = 0:
+        // p = retail, 500 Wh from the slack unit at 300_000 = 150_000, netted from the revenue.
+        const { T } = await scheduledSlot(market, slot, 100_000n, { alice: 2_000n, bob: -2_000n }, { alice: [2_000n, 0n], bob: [0n, 1_500n] });
+        await market.afterDeadline(T);
+        const tx = settlement.settle(T, [a("bob"), a("alice")]);
+        await expect(tx).to.emit(settlement, "SlotPriced").withArgs(T, RETAIL, 500n, 0n);
+        await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -1_500n, -2_000n, 150_000n, 0n);
+        await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 0n, 500n, 0n, 150_000n);
+        await expect(tx).to.changeTokenBalances(ethers, token, [a("bob"), a("slack")], [50_000n, 150_000n]);
+        expect((await settlement.accountState(a("bob"))).deposit, "bob's deposit untouched").to.equal(DEPOSIT);
+        await market.expectIdentity();
+      });
+
+      it("a seller whose deviation exceeds its scheduled revenue pays the rest from its deposit, then owes it", async function () {
+        const { market, settlement, token, slot, a } = await scheduledFixture();
+        const bob = market.p("bob");
+        await settlement.connect(bob.signer).withdraw(DEPOSIT - 100_000n);
+        // bob sold 2_000 at 100_000 (revenue 200_000) and delivered 500: d = +1_500 at retail = 450_000:
+        // 200_000 from the revenue, 100_000 from the deposit, 150_000 owed.
+        const { T } = await scheduledSlot(market, slot, 100_000n, { alice: 2_000n, bob: -2_000n }, { alice: [2_000n, 0n], bob: [0n, 500n] });
+        expect(await settlement.withdrawable(bob.address), "the reserve ignores the scheduled revenue").to.equal(0n);
+        await market.afterDeadline(T);
+        const tx = settlement.settle(T, [a("alice"), a("bob")]);
+        await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -500n, -2_000n, 450_000n, 150_000n);
+        await expect(tx).to.emit(settlement, "ParticipantInDebt").withArgs(a("bob"), T, 150_000n, 150_000n);
+        // Pool: 200_000 prepaid + 300_000 paid - 200_000 revenue = 300_000 to the slack unit (450_000 of
+        // energy less bob's 150_000 debt, which he now owes it).
+        await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 0n, 1_500n, 0n, 300_000n);
+        await expect(tx).to.changeTokenBalances(ethers, token, [a("bob"), a("slack")], [0n, 300_000n]);
+        const s = await settlement.accountState(a("bob"));
+        expect([s.deposit, s.debt]).to.deep.equal([0n, 150_000n]);
+        await market.expectIdentity();
+        await market.expectDepositsSum();
+      });
+
+      it("withdrawable reserves the positive deviation at retail, not the scheduled import", async function () {
+        const { market, settlement, slot, a } = await scheduledFixture();
+        const { T } = await scheduledSlot(
+          market,
+          slot,
+          100_000n,
+          { alice: 1_000n, dave: 1_000n, bob: -2_000n },
+          { alice: [1_500n, 0n], dave: [1_000n, 0n], bob: [0n, 2_500n] },
+        );
+        // alice: d = +500: ceil(500 * 300_000 / 1000) = 150_000 reserved. dave: d = 0. bob: d = -500.
+        expect(await settlement.withdrawable(a("alice"))).to.equal(DEPOSIT - 150_000n);
+        expect(await settlement.withdrawable(a("dave"))).to.equal(DEPOSIT);
+        expect(await settlement.withdrawable(a("bob"))).to.equal(DEPOSIT);
+        await expect(settlement.connect(market.p("alice").signer).withdraw(DEPOSIT - 150_000n + 1n))
+          .to.be.revertedWithCustomError(settlement, "SettlementWithdrawExceedsFree")
+          .withArgs(DEPOSIT - 150_000n + 1n, DEPOSIT - 150_000n);
+        // After the deadline a seller's withdrawal bills it and pays its scheduled and deviation revenue.
+        await market.afterDeadline(T);
+        const tx = settlement.connect(market.p("bob").signer).withdraw(ONE);
+        // D = U = 500: p = 175_000, bob's 500 Wh all local: 87_500, plus 200_000 scheduled.
+        await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -2_500n, -2_000n, -87_500n, 0n);
+        await expect(tx).to.changeTokenBalances(ethers, market.token, [a("bob")], [ONE + 287_500n]);
+        await market.expectIdentity();
+      });
+
+      it("bills lazily around the schedule when the next reading arrives", async function () {
+        const { market, settlement, token, slot, a } = await scheduledFixture();
+        const { T } = await scheduledSlot(market, slot, 150_000n, { alice: 1_000n, bob: -1_000n }, { alice: [1_000n, 0n], bob: [0n, 1_000n] });
+        // T + 1 has its own schedule: bob sells 300 to alice at 80_000.
+        await market.schedule(T + 1n, 80_000n, { alice: 300n, bob: -300n });
+        const next = market.readSlot(T + 1n, {
+          alice: [BASE_IMPORT + 1_300n, BASE_EXPORT],
+          bob: [BASE_IMPORT, BASE_EXPORT + 1_300n],
+        });
+        await expect(next).to.emit(settlement, "Billed").withArgs(a("bob"), T, -1_000n, -1_000n, 0n, 0n);
+        await expect(next).to.emit(settlement, "SlotClosed").withArgs(T, 0n, 0n, 0n, 0n);
+        await expect(next).to.changeTokenBalances(ethers, token, [a("bob")], [150_000n]);
+        const bob = await settlement.accountState(a("bob"));
+        expect([bob.lastSlot, bob.slotNetWh, bob.scheduledWh]).to.deep.equal([T + 1n, -300n, -300n]);
+        expect((await settlement.slotState(T + 1n)).scheduledPrice).to.equal(80_000n);
+        await market.afterDeadline(T + 1n);
+        await expect(settlement.settle(T + 1n, [a("alice"), a("bob")]))
+          .to.emit(settlement, "SlotClosed")
+          .withArgs(T + 1n, 0n, 0n, 0n, 0n);
+        expect(await token.balanceOf(a("bob"))).to.equal(1000n * ONE - DEPOSIT + 150_000n + 24_000n);
+        await market.expectIdentity();
+      });
+
+      it("a reading takes the schedule in force when it arrives; one set later does not change it", async function () {
+        const { market, settlement, slot, a } = await scheduledFixture();
+        const T = await meteredSlot(market, slot, { alice: [1_000n, 0n], bob: [0n, 1_000n] });
+        await market.scheduleSource.setSchedules(T, [a("alice"), a("bob")], [1_000n, -1_000n], 100_000n);
+        expect((await settlement.accountState(a("alice"))).scheduledWh).to.equal(0n);
+        expect((await settlement.slotState(T)).scheduledPrice).to.equal(0n);
+        await market.afterDeadline(T);
+        await expect(settlement.settle(T, [a("alice"), a("bob")]))
+          .to.emit(settlement, "Billed")
+          .withArgs(a("bob"), T, -1_000n, 0n, -175_000n, 0n);
+      });
+
+      it("the slot's scheduled price is the one of its first scheduled reading", async function () {
+        // A correct market has one price per slot; the test source can give each account its own.
+        const { market, settlement, token, slot, a } = await scheduledFixture();
+        const source = market.scheduleSource;
+        await market.readSlot(slot, { alice: [BASE_IMPORT, BASE_EXPORT], bob: [BASE_IMPORT, BASE_EXPORT] });
+        const T = slot + 1n;
+        await source.setSchedule(T, a("alice"), 1_000n, 100_000n);
+        await source.setSchedule(T, a("bob"), -1_000n, 200_000n);
+        await token.mint(await source.getAddress(), 100_000n);
+        await source.pay(T, 100_000n);
+        await market.readSlot(T, { alice: [BASE_IMPORT + 1_000n, BASE_EXPORT] });
+        await market.readSlot(T, { bob: [BASE_IMPORT, BASE_EXPORT + 1_000n] }, 2n);
+        expect((await settlement.slotState(T)).scheduledPrice).to.equal(100_000n);
+        await market.afterDeadline(T);
+        await expect(settlement.settle(T, [a("alice"), a("bob")])).to.changeTokenBalances(ethers, token, [a("bob")], [100_000n]);
+        await market.expectIdentity();
+      });
     });
   });
 
