@@ -15,7 +15,7 @@ import type { MeterAgentState } from "../../agents/meter-agent/meterAgent.js";
 import { JsonStore } from "../../agents/meter-agent/store.js";
 import { MeterServer, systemClock } from "../../agents/simulator/meterServer.js";
 import { HouseholdSimulator, type HouseholdSpec } from "../../agents/simulator/profiles.js";
-import { billedEvents, expectEscrowIdentity, recordedReadings, startTestMarket, type TestMarket, type TestParticipant } from "../support/localMarket.js";
+import { alignChainClockWithWall, billedEvents, expectEscrowIdentity, recordedReadings, startTestMarket, type TestMarket, type TestParticipant } from "../support/localMarket.js";
 
 const SLOT_SECONDS = 12;
 // A long window for so short a slot: a restart on a busy machine may take seconds.
@@ -149,9 +149,10 @@ describe("meter agent process: SIGKILL and restart on short real-time slots", fu
   it("puts every slot's reading on chain exactly once across a kill mid-slot and a kill right after signing", async () => {
     expect(m.slotSeconds).to.equal(SLOT_SECONDS);
     expect(m.readingWindow).to.equal(READING_WINDOW);
-    // Deployment and funding may have pushed block times ahead of the wall clock; let it catch up.
-    const ahead = (await m.chainTimeMs()) - Date.now();
-    if (ahead > -1_000) await delay(ahead + 1_000);
+    // Deployment and funding pushed the node's clock seconds ahead of the agent's system clock.
+    await alignChainClockWithWall(m.provider);
+    const lead = (await m.chainTimeMs()) - Date.now();
+    expect(lead, "node clock within 2 s of the wall clock").to.be.within(-1_000, 2_000);
 
     const stateFile = path.join(dir, "agent-state.json");
     const configFile = path.join(dir, "meter-agent.json");

@@ -160,6 +160,22 @@ export async function startTestMarket(options: { parameters?: Record<string, Rec
   }
 }
 
+/**
+ * Brings the node's clock back in step with the wall clock, for tests whose agents run on the
+ * system clock. Each block needs a later timestamp than the one before, so a burst of
+ * transactions (a deployment, registrations) pushes the node's clock ahead of the wall clock,
+ * and `hardhat node` keeps that lead for every later block (seconds, after a deployment).
+ * This waits until the wall clock has passed the latest block, then pins the next block to
+ * the coming second; later blocks follow the wall clock within a second or two.
+ */
+export async function alignChainClockWithWall(provider: JsonRpcProvider): Promise<void> {
+  const latestMs = Number((await provider.getBlock("latest"))!.timestamp) * 1000;
+  const ahead = latestMs - Date.now();
+  if (ahead > -1_000) await new Promise((resolve) => setTimeout(resolve, ahead + 1_000));
+  await provider.send("evm_setNextBlockTimestamp", [Math.ceil(Date.now() / 1000)]);
+  await provider.send("evm_mine", []);
+}
+
 /** A reading as the ReadingRecorded event has it. */
 export interface RecordedReading {
   account: string;
