@@ -13,6 +13,7 @@ export const MARKET_FUTURE_IDS = {
   participantRegistry: "ParticipantRegistryModule#ParticipantRegistry",
   settlement: "SettlementModule#Settlement",
   dayAheadMarket: "DayAheadMarketModule#DayAheadMarket",
+  intradayMarket: "IntradayMarketModule#IntradayMarket",
 } as const;
 
 const CONTRACT_NAMES = Object.keys(MARKET_FUTURE_IDS) as MarketContractName[];
@@ -105,6 +106,7 @@ export interface AddressSources {
   participantRegistry?: string | undefined;
   settlement?: string | undefined;
   dayAheadMarket?: string | undefined;
+  intradayMarket?: string | undefined;
   /** How the caller calls each source, for error messages (a CLI passes its option names). */
   names?: Partial<Record<MarketContractName | "deploymentDir", string>>;
 }
@@ -120,6 +122,7 @@ export function resolveMarketAddresses(sources: AddressSources): MarketAddresses
     participantRegistry: "participantRegistry",
     settlement: "settlement",
     dayAheadMarket: "dayAheadMarket",
+    intradayMarket: "intradayMarket",
     ...sources.names,
   };
   const explicit = (name: MarketContractName): string | undefined => {

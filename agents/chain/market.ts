@@ -4,10 +4,12 @@ import type { MarketAddresses, MarketContractName } from "./deployment.js";
 import {
   DayAheadMarket__factory,
   EnergyToken__factory,
+  IntradayMarket__factory,
   ParticipantRegistry__factory,
   Settlement__factory,
   type DayAheadMarket,
   type EnergyToken,
+  type IntradayMarket,
   type ParticipantRegistry,
   type Settlement,
 } from "./types/index.js";
@@ -49,6 +51,7 @@ export interface MarketContracts {
   participantRegistry: ParticipantRegistry;
   settlement: Settlement;
   dayAheadMarket: DayAheadMarket;
+  intradayMarket: IntradayMarket;
 }
 
 export interface ProviderOptions {
@@ -142,5 +145,6 @@ export async function connectMarket(options: ConnectOptions): Promise<MarketCont
     participantRegistry: ParticipantRegistry__factory.connect(options.addresses.participantRegistry, runner),
     settlement: Settlement__factory.connect(options.addresses.settlement, runner),
     dayAheadMarket: DayAheadMarket__factory.connect(options.addresses.dayAheadMarket, runner),
+    intradayMarket: IntradayMarket__factory.connect(options.addresses.intradayMarket, runner),
   };
 }

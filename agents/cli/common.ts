@@ -13,6 +13,7 @@ export const MARKET_OPTIONS = {
   registry: { type: "string" },
   settlement: { type: "string" },
   "day-ahead": { type: "string" },
+  intraday: { type: "string" },
 } as const satisfies ParseArgsConfig["options"];
 
 export const MARKET_OPTIONS_HELP = `  --rpc URL           JSON-RPC endpoint (default $MARKET_RPC_URL or http://127.0.0.1:8545)
@@ -20,7 +21,8 @@ export const MARKET_OPTIONS_HELP = `  --rpc URL           JSON-RPC endpoint (def
   --token ADDR        EnergyToken address (instead of, or overriding, the deployment folder)
   --registry ADDR     ParticipantRegistry address (likewise)
   --settlement ADDR   Settlement address (likewise)
-  --day-ahead ADDR    DayAheadMarket address (likewise)`;
+  --day-ahead ADDR    DayAheadMarket address (likewise)
+  --intraday ADDR     IntradayMarket address (likewise)`;
 
 export const SIGNER_HELP = `The signing key comes from the environment, never from a file in the repository:
   ${MARKET_SIGNER_ENV.keystoreFile}=<encrypted JSON keystore> and ${MARKET_SIGNER_ENV.keystorePassword}=<its password>, or
@@ -33,12 +35,13 @@ export interface MarketOptionValues {
   registry?: string | undefined;
   settlement?: string | undefined;
   "day-ahead"?: string | undefined;
+  intraday?: string | undefined;
 }
 
 /** Connects to the market the options name, with the environment's signer if `withSigner`. */
 export async function connectFromOptions(values: MarketOptionValues, withSigner: boolean): Promise<MarketContracts> {
   const rpcUrl = values.rpc ?? process.env.MARKET_RPC_URL ?? "http://127.0.0.1:8545";
-  const explicit = values.token !== undefined && values.registry !== undefined && values.settlement !== undefined && values["day-ahead"] !== undefined;
+  const explicit = values.token !== undefined && values.registry !== undefined && values.settlement !== undefined && values["day-ahead"] !== undefined && values.intraday !== undefined;
   const addresses = resolveMarketAddresses({
     // With both addresses given, no deployment folder is needed (nor read).
     deploymentDir: values.deployment ?? (explicit ? undefined : (process.env.MARKET_DEPLOYMENT_DIR ?? DEFAULT_LOCAL_DEPLOYMENT_DIR)),
@@ -46,7 +49,15 @@ export async function connectFromOptions(values: MarketOptionValues, withSigner:
     participantRegistry: values.registry,
     settlement: values.settlement,
     dayAheadMarket: values["day-ahead"],
-    names: { deploymentDir: "--deployment", energyToken: "--token", participantRegistry: "--registry", settlement: "--settlement", dayAheadMarket: "--day-ahead" },
+    intradayMarket: values.intraday,
+    names: {
+      deploymentDir: "--deployment",
+      energyToken: "--token",
+      participantRegistry: "--registry",
+      settlement: "--settlement",
+      dayAheadMarket: "--day-ahead",
+      intradayMarket: "--intraday",
+    },
   });
   const signer = withSigner ? await walletFromEnv() : undefined;
   // A loopback node mines at once; polling every 4 s (ethers' default) would only add waiting.

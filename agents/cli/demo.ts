@@ -64,7 +64,7 @@ runCli(async () => {
           [
             ["households' metered net import", kwh(metered)],
             ["scheduled day-ahead (traded locally)", kwh(sum((r) => r.dayAheadVolumeWh))],
-            ["deviations from schedules", kwh(sum((r) => r.bills.reduce((a, b) => a + abs(b.netWh - b.scheduledWh), 0n)))],
+            ["deviations from schedules", kwh(sum((r) => r.bills.reduce((a, b) => a + abs(b.deviationWh), 0n)))],
             ["real-time demand (upward deviations)", kwh(demand)],
             ["real-time supply (downward deviations)", kwh(sum((r) => r.supplyWh))],
             ["real-time traded locally", `${kwh(local)} (${demand === 0n ? 0 : Number((local * 1000n) / demand) / 10}% of real-time demand)`],
@@ -81,18 +81,18 @@ runCli(async () => {
       const rows: string[][] = [];
       for (const h of households) {
         const [wallet, state] = await Promise.all([market.energyToken.balanceOf(h.account), settlement.accountState(h.account)]);
-        let dayAheadNet = 0n; // + paid, - received, at the day-ahead price
-        let realTimeNet = 0n;
+        let earned = 0n; // scheduled sales, paid at the markets' prices
+        let realTimeNet = 0n; // deviations: + paid, - received
         for (const r of reports) {
           for (const b of r.bills.filter((x) => x.account === h.account)) {
-            dayAheadNet += (b.scheduledWh * r.dayAheadPrice) / 1000n;
+            earned += b.earned;
             realTimeNet += b.amount;
           }
         }
-        rows.push([h.member.name, h.member.kind, h.account.slice(0, 10) + "…", tokens(dayAheadNet), tokens(realTimeNet), tokens(wallet), tokens(state.deposit), state.debt > 0n ? tokens(state.debt) : "-"]);
+        rows.push([h.member.name, h.member.kind, h.account.slice(0, 10) + "…", tokens(earned), tokens(realTimeNet), tokens(wallet), tokens(state.deposit), state.debt > 0n ? tokens(state.debt) : "-"]);
       }
-      process.stdout.write("(day-ahead and real-time: net paid, negative when received)\n");
-      process.stdout.write(formatTable(["household", "kind", "account", "day-ahead", "real-time", "wallet", "deposit", "debt"], rows, new Set([3, 4, 5, 6, 7])) + "\n");
+      process.stdout.write("(scheduled sales: earned at the markets' prices; deviations: net paid, negative when received; buyers paid their schedules at clearing)\n");
+      process.stdout.write(formatTable(["household", "kind", "account", "sales", "deviations", "wallet", "deposit", "debt"], rows, new Set([3, 4, 5, 6, 7])) + "\n");
       process.stdout.write(`\nAgents' logs: ${values.log}\n`);
     },
   );
@@ -122,7 +122,7 @@ function printSlot(r: SlotReport): void {
   }
   const start = new Date(r.slot * 900 * 1000).toISOString().slice(5, 16).replace("T", " ");
   const metered = r.bills.reduce((a, b) => a + (b.netWh > 0n ? b.netWh : 0n), 0n);
-  const deviation = r.bills.reduce((a, b) => a + abs(b.netWh - b.scheduledWh), 0n);
+  const deviation = r.bills.reduce((a, b) => a + abs(b.deviationWh), 0n);
   const bills = r.bills.reduce((a, b) => a + abs(b.amount), 0n);
   const cells = [
     start,

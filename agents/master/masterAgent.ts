@@ -38,8 +38,12 @@ export interface MasterOptions {
 /** A participant's bill for a slot, from the Billed event. */
 export interface Bill {
   account: string;
+  /** Metered net energy in the slot (+ import), from the account's reading. */
   netWh: bigint;
-  scheduledWh: bigint;
+  /** Metered minus scheduled. */
+  deviationWh: bigint;
+  /** What its scheduled sales earned at the markets' prices (paid to it). */
+  earned: bigint;
   amount: bigint;
   shortfall: bigint;
 }
@@ -214,12 +218,14 @@ export class MasterAgent {
     const { settlement } = this.o;
     const latest = await settlement.runner!.provider!.getBlockNumber();
     const from = Math.max(0, latest - (this.o.logLookbackBlocks ?? 5_000));
-    const [view, book, billed, closed] = await Promise.all([
+    const [view, book, billed, closed, readings] = await Promise.all([
       settlement.slotState(slot),
       this.o.dayAhead?.market.book(slot),
       settlement.queryFilter(settlement.filters.Billed(undefined, slot), from, latest),
       settlement.queryFilter(settlement.filters.SlotClosed(slot), from, latest),
+      settlement.queryFilter(settlement.filters.ReadingRecorded(undefined, slot), from, latest),
     ]);
+    const netOf = new Map(readings.map((l) => [l.args.account, l.args.importDeltaWh - l.args.exportDeltaWh]));
     const close = closed[0]?.args;
     return {
       slot,
@@ -236,8 +242,9 @@ export class MasterAgent {
       dayAheadVolumeWh: book?.volumeWh ?? 0n,
       bills: billed.map((l) => ({
         account: l.args.account,
-        netWh: l.args.netWh,
-        scheduledWh: l.args.scheduledWh,
+        netWh: netOf.get(l.args.account) ?? 0n,
+        deviationWh: l.args.deviationWh,
+        earned: l.args.scheduledEarnings,
         amount: l.args.amount,
         shortfall: l.args.shortfall,
       })),

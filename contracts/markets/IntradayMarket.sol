@@ -6,7 +6,7 @@ import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {Math} from "@openzeppelin/contracts/utils/math/Math.sol";
 import {IParticipantRegistry} from "../registry/IParticipantRegistry.sol";
-import {IScheduleSink, IScheduleSource} from "../settlement/IScheduleSink.sol";
+import {IBalancingSource, IScheduleSink, IScheduleSource} from "../settlement/IScheduleSink.sol";
 import {IIntradayMarket} from "./IIntradayMarket.sol";
 
 /**
@@ -35,7 +35,7 @@ import {IIntradayMarket} from "./IIntradayMarket.sol";
  * A slot nobody clears before it starts has no activation; downward escrow is then refunded
  * by `cancelOffer`, allowed again once the slot has started.
  */
-contract IntradayMarket is IIntradayMarket, AccessControl {
+contract IntradayMarket is IIntradayMarket, IBalancingSource, AccessControl {
     using SafeERC20 for IERC20;
 
     bytes32 public constant REGULATOR_ROLE = keccak256("REGULATOR_ROLE");
@@ -223,8 +223,13 @@ contract IntradayMarket is IIntradayMarket, AccessControl {
 
     // ---------------------------------------------------------------- views
 
-    /// @inheritdoc IIntradayMarket
-    function activationOf(uint32 slot, address account) external view returns (int256 activatedWh, uint256 price) {
+    /// @inheritdoc IBalancingSource
+    function activationOf(uint32 slot, address account)
+        external
+        view
+        override(IIntradayMarket, IBalancingSource)
+        returns (int256 activatedWh, uint256 price)
+    {
         Book storage b = _books[slot];
         if (!b.cleared) return (0, 0);
         Offer storage o = _offers[slot][account];
@@ -233,8 +238,13 @@ contract IntradayMarket is IIntradayMarket, AccessControl {
         price = b.price;
     }
 
-    /// @inheritdoc IIntradayMarket
-    function slotResult(uint32 slot) external view returns (uint256 upWh, uint256 downWh, uint256 upPrice, uint256 downPrice) {
+    /// @inheritdoc IBalancingSource
+    function slotResult(uint32 slot)
+        external
+        view
+        override(IIntradayMarket, IBalancingSource)
+        returns (uint256 upWh, uint256 downWh, uint256 upPrice, uint256 downPrice)
+    {
         Book storage b = _books[slot];
         if (!b.cleared || b.activatedWh == 0) return (0, 0, 0, 0);
         if (b.up) return (b.activatedWh, 0, b.price, 0);

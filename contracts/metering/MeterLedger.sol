@@ -2,6 +2,7 @@
 pragma solidity ^0.8.28;
 
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {IParticipantRegistry} from "../registry/IParticipantRegistry.sol";
 import {IMeterLedger} from "./IMeterLedger.sol";
@@ -33,15 +34,15 @@ abstract contract MeterLedger is IMeterLedger, EIP712 {
     bytes32 private constant READING_TYPEHASH =
         keccak256("Reading(address account,uint32 slot,uint64 importWh,uint64 exportWh)");
 
-    /// @dev One storage slot per participant: 32+8+40+40+32+32+64 = 248 bits.
+    /// @dev One storage slot per participant: 32+8+40+40+40+48+48 = 256 bits.
     struct Account {
         uint32 lastSlot; // slot of the last reading; 0 = no reading yet
         bool billed; // whether lastSlot's energy has been billed
         uint40 importWh; // cumulative import register at the end of lastSlot
         uint40 exportWh; // cumulative export register at the end of lastSlot
-        int32 slotNetWh; // net energy (import - export) attributed to lastSlot
-        int32 scheduledWh; // the markets' schedule for lastSlot (settlement's field)
-        uint64 deposit; // billing deposit in token base units (settlement's field)
+        int40 deviationWh; // settlement: metered net energy minus schedule, for lastSlot
+        uint48 earned; // settlement: what the markets' scheduled sales earn, token base units
+        uint48 deposit; // settlement: billing deposit, token base units
     }
 
     /// @notice The registry that holds each participant's meter key.
@@ -108,8 +109,12 @@ abstract contract MeterLedger is IMeterLedger, EIP712 {
      */
     function _billPending(address account, Account memory a) internal virtual returns (uint256 payout);
 
-    /// @dev Counts a new reading's net energy into its slot's totals; returns the account's schedule for the slot.
-    function _countReading(address account, uint32 slot, int256 netWh) internal virtual returns (int256 scheduledWh);
+    /// @dev Counts a new reading's net energy, attributed to `slot`, into the slot's totals, against
+    /// the account's schedules since `lastSlot`; returns its deviation and its scheduled earnings.
+    function _countReading(address account, uint32 lastSlot, uint32 slot, int256 netWh)
+        internal
+        virtual
+        returns (int256 deviationWh, uint256 earned);
 
     /// @dev Pays `payout` to `account` and closes `slot` if every reading of it is billed.
     function _afterBilling(address account, uint32 slot, uint256 payout) internal virtual;
@@ -157,8 +162,14 @@ abstract contract MeterLedger is IMeterLedger, EIP712 {
         a.billed = baseline; // a baseline has nothing to bill
         a.importWh = uint40(rd.importWh);
         a.exportWh = uint40(rd.exportWh);
-        a.slotNetWh = int32(netWh);
-        a.scheduledWh = baseline ? int32(0) : int32(_countReading(rd.account, slot, netWh));
+        if (baseline) {
+            a.deviationWh = 0;
+            a.earned = 0;
+        } else {
+            (int256 deviation, uint256 earned) = _countReading(rd.account, billedSlot, slot, netWh);
+            a.deviationWh = int40(deviation);
+            a.earned = SafeCast.toUint48(earned);
+        }
         _accounts[rd.account] = a;
         emit ReadingRecorded(rd.account, slot, rd.importWh, rd.exportWh, uint32(importDelta), uint32(exportDelta));
 

@@ -13,6 +13,16 @@ import {IMeterLedger} from "./IMeterLedger.sol";
 contract MeterLedgerFuzzTest is SettlementTestBase {
     uint64 internal constant MAX_REGISTER = type(uint40).max;
     uint64 internal constant MAX_DELTA = type(uint32).max;
+    /// @dev A slot's net energy (import - export) must fit int32.
+    uint256 internal constant MAX_NET = uint256(uint32(type(int32).max));
+
+    /// @dev `exportDelta` moved into the range where importDelta - exportDelta fits int32 (and 32 bits).
+    function _netInRange(uint256 importDelta, uint256 exportDelta) internal pure returns (uint256) {
+        uint256 lo = importDelta > MAX_NET ? importDelta - MAX_NET : 0;
+        uint256 hi = importDelta + MAX_NET + 1;
+        if (hi > MAX_DELTA) hi = MAX_DELTA;
+        return _bound(exportDelta, lo, hi);
+    }
 
     function setUp() public {
         _deployMarket();
@@ -91,6 +101,7 @@ contract MeterLedgerFuzzTest is SettlementTestBase {
     {
         importWh = uint40(_bound(importWh, 0, MAX_REGISTER - MAX_DELTA));
         exportWh = uint40(_bound(exportWh, 0, MAX_REGISTER - MAX_DELTA));
+        dExport = uint32(_netInRange(dImport, dExport));
         vm.warp(_opens(firstSlot) + 1);
         _submit(0, firstSlot, importWh, exportWh);
         bytes32 afterBaseline = _stateHash(firstSlot);
@@ -117,9 +128,10 @@ contract MeterLedgerFuzzTest is SettlementTestBase {
         bool baseline
     ) public {
         if (!baseline) {
-            // After a baseline at zero the registers are the slot's energy, which must fit 32 bits.
+            // After a baseline at zero the registers are the slot's energy, which must fit 32 bits,
+            // and so must their difference, signed.
             importWh = uint40(_bound(importWh, 0, MAX_DELTA));
-            exportWh = uint40(_bound(exportWh, 0, MAX_DELTA));
+            exportWh = uint40(_netInRange(importWh, exportWh));
         }
         if (otherImport == importWh && otherExport == exportWh) return;
         uint32 slot = firstSlot;
@@ -168,7 +180,7 @@ contract MeterLedgerFuzzTest is SettlementTestBase {
         } else {
             require(reason.length == 0, "a reading within range was refused");
             ISettlement.AccountView memory a = settlement.accountState(accounts[0]);
-            require(a.slotNetWh == net, "net energy not recorded");
+            require(a.deviationWh == net, "net energy not recorded");
         }
     }
 

@@ -15,11 +15,14 @@ interface ISettlement {
         uint32 billed;
         bool priced;
         bool closed;
-        uint64 scheduledPrice;
         uint64 price;
         uint64 feedInPrice;
         uint64 retailPrice;
         int256 pool;
+        uint64 upWh;
+        uint64 downWh;
+        uint64 upPrice;
+        uint64 downPrice;
     }
 
     /// @notice A participant's metering and billing state.
@@ -28,8 +31,8 @@ interface ISettlement {
         bool billed;
         uint64 importWh;
         uint64 exportWh;
-        int32 slotNetWh;
-        int32 scheduledWh;
+        int64 deviationWh;
+        uint256 earned;
         uint256 deposit;
         uint256 debt;
     }
@@ -59,9 +62,9 @@ interface ISettlement {
     event Withdrawn(address indexed account, uint256 amount);
     /// @notice `account` repaid `amount` of its debt, to the slack unit that had covered it.
     event DebtRepaid(address indexed account, uint256 amount, uint256 remainingDebt);
-    /// @notice `account` was billed for `slot`: metered net energy (+ import), its schedule, and the
-    /// deviation's amount (+ paid by it, - paid to it); scheduled energy was paid at the market's price.
-    event Billed(address indexed account, uint32 indexed slot, int256 netWh, int256 scheduledWh, int256 amount, uint256 shortfall);
+    /// @notice `account` was billed for `slot`: its deviation from schedule (+ used more), what its
+    /// scheduled sales earned at the markets' prices, and the deviation's amount (+ paid by it, - paid to it).
+    event Billed(address indexed account, uint32 indexed slot, int256 deviationWh, uint256 scheduledEarnings, int256 amount, uint256 shortfall);
     /// @notice `account` could not pay `shortfall` of its bill for `slot`; it now owes `totalDebt`.
     event ParticipantInDebt(address indexed account, uint32 indexed slot, uint256 shortfall, uint256 totalDebt);
     /// @notice The price of `slot` was fixed from its demand and supply.
@@ -76,8 +79,8 @@ interface ISettlement {
     );
     /// @notice `market` paid `amount` for the scheduled energy of `slot` into its pool.
     event SchedulePaid(uint32 indexed slot, address indexed market, uint256 amount);
-    /// @notice Schedules now come from `source`.
-    event ScheduleSourceSet(address indexed source);
+    /// @notice Schedules now come from these markets (zero: none).
+    event MarketsSet(address indexed dayAhead, address indexed intraday);
     /// @notice The regulator set the feed-in and retail prices (token base units per kWh).
     event PricesSet(uint256 feedInPrice, uint256 retailPrice);
 

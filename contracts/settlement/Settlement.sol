@@ -11,7 +11,7 @@ import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {MeterLedger} from "../metering/MeterLedger.sol";
 import {IParticipantRegistry} from "../registry/IParticipantRegistry.sol";
 import {ISettlement} from "./ISettlement.sol";
-import {IScheduleSink, IScheduleSource} from "./IScheduleSink.sol";
+import {IBalancingSource, IScheduleSink, IScheduleSource} from "./IScheduleSink.sol";
 
 /**
  * @title Settlement
@@ -81,11 +81,15 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
         uint32 billed;
         bool priced;
         bool closed;
-        uint48 scheduledPrice; // the day-ahead price, seen with the first scheduled reading
+        bool balancingRead; // the intra-day result below has been read
         uint48 price;
         uint48 feedInPrice;
         uint48 retailPrice;
         int112 pool;
+        uint40 upWh; // intra-day: upward flexibility activated (the system bought it)
+        uint40 downWh; // intra-day: downward flexibility activated (the system sold it)
+        uint48 upPrice;
+        uint48 downPrice;
     }
 
     /// @notice The energy token.
@@ -100,8 +104,12 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
     int256 public openPool;
     /// @notice What the slack unit owed and could not pay (part of its debt).
     uint256 public badDebt;
-    /// @notice Where schedules come from (the day-ahead market), or zero before markets exist.
-    IScheduleSource public scheduleSource;
+    /// @notice Where day-ahead schedules come from, or zero before markets exist.
+    IScheduleSource public dayAheadMarket;
+    /// @notice Where intra-day activations come from, or zero before the balancing market exists.
+    IBalancingSource public intradayMarket;
+    /// @notice How many slots back a reading nets schedules when its meter missed readings.
+    uint256 public constant MAX_SCHEDULE_GAP = 8;
 
     mapping(uint32 slot => SlotState) private _slots;
     mapping(address account => uint256) private _debt;
@@ -162,7 +170,7 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
         uint256 payout = billedNow ? _billPending(msg.sender, a) : 0;
         uint256 free = _free(a);
         if (amount > free) revert SettlementWithdrawExceedsFree(amount, free);
-        a.deposit -= uint64(amount);
+        a.deposit -= uint48(amount);
         totalDeposits -= amount;
         _accounts[msg.sender] = a;
         emit Withdrawn(msg.sender, amount);
@@ -200,17 +208,28 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
     }
 
     /**
-     * @notice Sets where schedules come from and lets it pay into slots' pools. Only the admin.
-     * @dev Set before the market's first slot is read: a reading takes the schedule in force
+     * @notice Sets the markets whose schedules settlement uses, and lets them pay into slots'
+     * pools. Only the admin. Either may be zero (no such market).
+     * @dev Set before the markets' first slot is read: a reading takes the schedules in force
      * when it arrives.
      */
-    function setScheduleSource(IScheduleSource source) external onlyRole(DEFAULT_ADMIN_ROLE) {
-        if (address(source) == address(0)) revert SettlementZeroAddress();
-        address previous = address(scheduleSource);
-        if (previous != address(0)) _revokeRole(MARKET_ROLE, previous);
-        scheduleSource = source;
-        _grantRole(MARKET_ROLE, address(source));
-        emit ScheduleSourceSet(address(source));
+    function setMarkets(IScheduleSource dayAhead, IBalancingSource intraday) external onlyRole(DEFAULT_ADMIN_ROLE) {
+        _setMarkets(dayAhead, intraday);
+    }
+
+    function _setMarkets(IScheduleSource dayAhead, IBalancingSource intraday) private {
+        if (address(dayAheadMarket) != address(0)) _revokeRole(MARKET_ROLE, address(dayAheadMarket));
+        if (address(intradayMarket) != address(0)) _revokeRole(MARKET_ROLE, address(intradayMarket));
+        dayAheadMarket = dayAhead;
+        intradayMarket = intraday;
+        if (address(dayAhead) != address(0)) _grantRole(MARKET_ROLE, address(dayAhead));
+        if (address(intraday) != address(0)) _grantRole(MARKET_ROLE, address(intraday));
+        emit MarketsSet(address(dayAhead), address(intraday));
+    }
+
+    /// @notice Sets the day-ahead market only (see setMarkets). Only the admin.
+    function setScheduleSource(IScheduleSource dayAhead) external onlyRole(DEFAULT_ADMIN_ROLE) {
+        _setMarkets(dayAhead, intradayMarket);
     }
 
     /// @inheritdoc IScheduleSink
@@ -235,11 +254,14 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
             billed: s.billed,
             priced: s.priced,
             closed: s.closed,
-            scheduledPrice: s.scheduledPrice,
             price: s.price,
             feedInPrice: s.feedInPrice,
             retailPrice: s.retailPrice,
-            pool: s.pool
+            pool: s.pool,
+            upWh: s.upWh,
+            downWh: s.downWh,
+            upPrice: s.upPrice,
+            downPrice: s.downPrice
         });
     }
 
@@ -251,8 +273,8 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
             billed: a.billed,
             importWh: a.importWh,
             exportWh: a.exportWh,
-            slotNetWh: a.slotNetWh,
-            scheduledWh: a.scheduledWh,
+            deviationWh: a.deviationWh,
+            earned: a.earned,
             deposit: a.deposit,
             debt: _debt[account]
         });
@@ -274,24 +296,48 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
     /// @dev Reserves the worst case of an unbilled slot: all its positive deviation at the retail price.
     function _free(Account memory a) private view returns (uint256) {
         uint256 reserve;
-        if (_hasPendingBill(a) && a.slotNetWh > a.scheduledWh) {
-            reserve = Math.ceilDiv(uint256(int256(a.slotNetWh) - a.scheduledWh) * retailPrice, 1000);
+        if (_hasPendingBill(a) && a.deviationWh > 0) {
+            reserve = Math.ceilDiv(uint256(int256(a.deviationWh)) * retailPrice, 1000);
         }
         return a.deposit > reserve ? a.deposit - reserve : 0;
     }
 
     /// @inheritdoc MeterLedger
-    function _countReading(address account, uint32 slot, int256 netWh) internal override returns (int256 scheduledWh) {
+    function _countReading(address account, uint32 lastSlot, uint32 slot, int256 netWh)
+        internal
+        override
+        returns (int256 deviationWh, uint256 earned)
+    {
         SlotState storage s = _slots[slot];
-        IScheduleSource source = scheduleSource;
-        if (address(source) != address(0)) {
-            uint256 price;
-            (scheduledWh, price) = source.scheduleOf(slot, account);
-            if (scheduledWh != 0 && s.scheduledPrice == 0) s.scheduledPrice = uint48(price);
+        IScheduleSource dayAhead = dayAheadMarket;
+        IBalancingSource intraday = intradayMarket;
+        int256 scheduled;
+        // A reading after missed ones carries their energy too, so it is netted against their
+        // schedules as well (up to MAX_SCHEDULE_GAP slots back): nothing scheduled is billed twice.
+        uint256 gap = Math.min(slot - lastSlot, MAX_SCHEDULE_GAP);
+        for (uint32 k = slot + 1 - uint32(gap); k <= slot; ++k) {
+            if (address(dayAhead) != address(0)) {
+                (int256 q, uint256 price) = dayAhead.scheduleOf(k, account);
+                scheduled += q;
+                if (q < 0) earned += uint256(-q) * price / 1000;
+            }
+            if (address(intraday) != address(0)) {
+                (int256 q, uint256 price) = intraday.activationOf(k, account);
+                scheduled += q;
+                if (q < 0) earned += uint256(-q) * price / 1000;
+            }
         }
-        int256 deviation = netWh - scheduledWh;
-        if (deviation > 0) s.demandWh += uint40(uint256(deviation));
-        else if (deviation < 0) s.supplyWh += uint40(uint256(-deviation));
+        if (address(intraday) != address(0) && !s.balancingRead) {
+            (uint256 upWh, uint256 downWh, uint256 upPrice, uint256 downPrice) = intraday.slotResult(slot);
+            s.balancingRead = true;
+            s.upWh = uint40(upWh);
+            s.downWh = uint40(downWh);
+            s.upPrice = uint48(upPrice);
+            s.downPrice = uint48(downPrice);
+        }
+        deviationWh = netWh - scheduled;
+        if (deviationWh > 0) s.demandWh += uint40(uint256(deviationWh));
+        else if (deviationWh < 0) s.supplyWh += uint40(uint256(-deviationWh));
         s.readings += 1;
     }
 
@@ -300,21 +346,27 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
         uint32 slot = a.lastSlot;
         SlotState storage s = _slots[slot];
         if (!s.priced) _price(slot, s);
-        int256 scheduled = a.scheduledWh;
-        int256 deviation = int256(a.slotNetWh) - scheduled;
-        // What the pool owes the account: its scheduled sales (buyers paid for them at clearing)...
-        uint256 earned = scheduled < 0 ? uint256(-scheduled) * s.scheduledPrice / 1000 : 0;
+        int256 deviation = a.deviationWh;
+        // What the pool owes the account: its scheduled sales (buyers paid for them when the
+        // markets cleared)...
+        uint256 earned = a.earned;
         uint256 netted; // ...of which this much pays the account's own deviation bill
         int256 amount;
         uint256 shortfall;
+        // The real-time market: the slot's activated flexibility is supply (up) or demand
+        // (down) of the system, alongside the deviations.
+        uint256 demand = uint256(s.demandWh) + s.downWh;
+        uint256 supply = uint256(s.supplyWh) + s.upWh;
+        uint256 local = Math.min(demand, supply);
         if (deviation > 0) {
             uint256 n = uint256(deviation);
-            uint256 demand = s.demandWh;
-            uint256 localWh = n * Math.min(demand, s.supplyWh) / demand;
-            uint256 cost = Math.ceilDiv(localWh * s.price + (n - localWh) * s.retailPrice, 1000);
+            uint256 localWh = n * local / demand;
+            // Short system (upward flexibility bought): a deviation up pays at least that price.
+            uint256 price = s.upWh > 0 ? Math.max(s.price, s.upPrice) : s.price;
+            uint256 cost = Math.ceilDiv(localWh * price + (n - localWh) * s.retailPrice, 1000);
             uint256 paid = Math.min(cost, a.deposit + earned);
             netted = Math.min(paid, earned);
-            a.deposit -= uint64(paid - netted);
+            a.deposit -= uint48(paid - netted);
             totalDeposits -= paid - netted;
             s.localWh += uint40(localWh);
             s.pool += int112(int256(paid));
@@ -328,9 +380,10 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
             }
         } else if (deviation < 0) {
             uint256 n = uint256(-deviation);
-            uint256 supply = s.supplyWh;
-            uint256 localWh = n * Math.min(s.demandWh, supply) / supply;
-            uint256 revenue = (localWh * s.price + (n - localWh) * s.feedInPrice) / 1000;
+            uint256 localWh = n * local / supply;
+            // Long system (downward flexibility sold): a deviation down gets at most that price.
+            uint256 price = s.downWh > 0 ? Math.min(s.price, s.downPrice) : s.price;
+            uint256 revenue = (localWh * price + (n - localWh) * s.feedInPrice) / 1000;
             earned += revenue;
             amount = -int256(revenue);
         }
@@ -341,7 +394,7 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
         payout = earned - netted;
         s.billed += 1;
         a.billed = true;
-        emit Billed(account, slot, a.slotNetWh, scheduled, amount, shortfall);
+        emit Billed(account, slot, deviation, a.earned, amount, shortfall);
     }
 
     /// @inheritdoc MeterLedger
@@ -352,8 +405,8 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
 
     /// @dev Fixes a slot's prices from its final totals, at its first billing.
     function _price(uint32 slot, SlotState storage s) private {
-        uint256 demand = s.demandWh;
-        uint256 supply = s.supplyWh;
+        uint256 demand = uint256(s.demandWh) + s.downWh;
+        uint256 supply = uint256(s.supplyWh) + s.upWh;
         uint256 feedIn = feedInPrice;
         uint256 retail = retailPrice;
         uint256 price = demand + supply == 0
@@ -373,11 +426,14 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
         address slack = registry.slackUnit();
         if (slack == address(0)) revert SettlementNoSlackUnit();
         int256 residual = s.pool;
-        uint256 localWh = s.localWh;
+        // The system's own flexibility trades take their pro-rata local share too.
+        uint256 demand = uint256(s.demandWh) + s.downWh;
+        uint256 supply = uint256(s.supplyWh) + s.upWh;
+        uint256 localWh = s.localWh + (demand == 0 ? 0 : uint256(s.downWh) * Math.min(demand, supply) / demand);
         s.closed = true;
         s.pool = 0;
         openPool -= residual;
-        emit SlotClosed(slot, localWh, s.demandWh - localWh, s.supplyWh - localWh, residual);
+        emit SlotClosed(slot, localWh, demand - localWh, supply - localWh, residual);
         if (residual > 0) {
             // The slack unit's uncovered debt is a hole in escrow: fill it first.
             uint256 amount = uint256(residual);
@@ -393,7 +449,7 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
             uint256 owed = uint256(-residual);
             Account storage sa = _accounts[slack];
             uint256 paid = Math.min(owed, sa.deposit);
-            sa.deposit -= uint64(paid);
+            sa.deposit -= uint48(paid);
             totalDeposits -= paid;
             if (paid < owed) {
                 uint256 shortfall = owed - paid;
@@ -434,8 +490,8 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
         if (amount == 0) return;
         Account storage a = _accounts[account];
         uint256 balance = a.deposit + amount;
-        if (balance > type(uint64).max) revert SettlementDepositTooLarge(account, balance);
-        a.deposit = uint64(balance);
+        if (balance > type(uint48).max) revert SettlementDepositTooLarge(account, balance);
+        a.deposit = uint48(balance);
         totalDeposits += amount;
     }
 

@@ -3,14 +3,12 @@ pragma solidity ^0.8.28;
 
 import {IMeterLedger} from "../metering/IMeterLedger.sol";
 import {ISettlement} from "./ISettlement.sol";
-import {SettlementCheats, SettlementTestBase} from "./SettlementTestBase.t.sol";
+import {SettlementTestBase} from "./SettlementTestBase.t.sol";
 
 // Fuzz and invariant tests of Settlement, run by `npx hardhat test solidity`: tokens are conserved
-// by every reading, settlement, deposit and withdrawal; energy is conserved in every slot; a lower
-// register is always refused; a missed reading is absorbed by the next one.
-
-bytes32 constant BILLED_TOPIC = keccak256("Billed(address,uint32,int256,int256,uint256)");
-bytes32 constant SLOT_CLOSED_TOPIC = keccak256("SlotClosed(uint32,uint256,uint256,uint256,int256)");
+// by every reading, schedule payment, settlement, deposit and withdrawal; energy is conserved on
+// deviations from the schedules in every slot; scheduled sellers are paid their scheduled revenue
+// exactly once; a lower register is always refused; a missed reading is absorbed by the next one.
 
 contract SettlementFuzzTest is SettlementTestBase {
     uint256 internal constant SLOTS = 3;
@@ -25,12 +23,6 @@ contract SettlementFuzzTest is SettlementTestBase {
     uint64[N] internal baseImp;
     uint64[N] internal baseExp;
     bool[N] internal hasBaseline;
-    mapping(uint32 slot => uint256) internal meterDemand;
-    mapping(uint32 slot => uint256) internal meterSupply;
-    mapping(uint32 slot => uint256) internal meterReadings;
-    mapping(uint32 slot => int256) internal billedNetTokens;
-    mapping(uint32 slot => uint256) internal billedCount;
-    mapping(address account => int256) internal billedWh;
 
     function setUp() public {
         _deployMarket();
@@ -54,7 +46,7 @@ contract SettlementFuzzTest is SettlementTestBase {
         _fund(reserve, RESERVE);
         for (uint256 i = 0; i < N; ++i) _fund(accounts[i], deposits[i] % (30 * ONE));
         _fund(slack, slackDeposit % (300 * ONE));
-        _requireIdentity("after deposits");
+        _step("after deposits");
 
         vm.warp(_opens(firstSlot) + 1);
         for (uint256 i = 0; i < N; ++i) {
@@ -74,8 +66,7 @@ contract SettlementFuzzTest is SettlementTestBase {
                 uint256 i = (j + offset) % N;
                 if ((missMask >> ((k - 1) * N + i)) & 1 == 1) continue; // missed reading
                 _read(i, slot);
-                _requireIdentity("after a reading");
-                _requireSupply("after a reading");
+                _step("after a reading");
             }
             // A partial settle of this or an earlier slot after the deadline.
             vm.warp(_deadline(slot) + 1);
@@ -85,8 +76,7 @@ contract SettlementFuzzTest is SettlementTestBase {
                 some[0] = accounts[(orderSeed >> (140 + k * 4)) % N];
                 some[1] = accounts[(orderSeed >> (160 + k * 4)) % N];
                 settlement.settle(target, some);
-                _requireIdentity("after a partial settle");
-                _requireSupply("after a partial settle");
+                _step("after a partial settle");
             }
         }
         // Settle everything, slots in a seed-dependent order.
@@ -95,13 +85,12 @@ contract SettlementFuzzTest is SettlementTestBase {
         for (uint256 j = 0; j < SLOTS; ++j) {
             uint32 slot = firstSlot + 1 + uint32((orderSeed % SLOTS + j) % SLOTS);
             settlement.settle(slot, _allAccounts());
-            _requireIdentity("after a full settle");
+            _step("after a full settle");
         }
-        _requireSupply("at the end");
         _requireDepositsSum("at the end");
         require(settlement.openPool() == 0, "open pool left once every slot is closed");
 
-        _checkLogs(vm.getRecordedLogs());
+        uint256 closes;
         for (uint256 k = 1; k <= SLOTS; ++k) {
             uint32 slot = firstSlot + uint32(k);
             ISettlement.SlotView memory s = settlement.slotState(slot);
@@ -110,7 +99,114 @@ contract SettlementFuzzTest is SettlementTestBase {
             require(s.readings == meterReadings[slot], "slot readings != readings sent");
             require(s.closed == (meterReadings[slot] > 0), "a slot with readings is not closed");
             require(s.billed == s.readings, "a reading is not billed");
+            if (s.closed) closes += 1;
         }
+        require(slotsClosed == closes, "SlotClosed events != closed slots (were the logs recorded?)");
+        for (uint256 i = 0; i < N; ++i) {
+            int256 counted = (int256(uint256(readImp[i])) - int256(uint256(baseImp[i])))
+                - (int256(uint256(readExp[i])) - int256(uint256(baseExp[i])));
+            require(billedWh[accounts[i]] == counted, "energy billed != energy metered since the baseline");
+        }
+    }
+
+    /// The same market with day-ahead schedules: before each of three slots, random balanced awards
+    /// (random buyers and sellers, any of the four may trade) at a random price (mostly around the
+    /// slack unit's prices, one time in four anywhere up to the 48-bit cap) are prepaid into the
+    /// slot's pool through the test schedule source; then random meter energy, random missed
+    /// readings (a slot may be read by nobody, so only its schedule payment closes it), random
+    /// partial settlements and a full settlement in random order. After every call (`_step`): the
+    /// escrow identity, the token supply, and every bill and payout against the schedules and the
+    /// meters (`_consume`: the source's schedule on every bill, nothing billed twice, each payout
+    /// exactly the scheduled revenue floor(|q| * P / 1000) plus the deviation revenue less what an
+    /// upward deviation took, energy conserved on deviations and tokens per closed slot). At the
+    /// end: every slot with readings or payments is closed, no pool is open, every scheduled
+    /// seller whose reading counted was paid exactly once, and each participant was billed exactly
+    /// the energy its meter counted.
+    function testFuzz_schedulesConserveTokensAndEnergy(
+        uint40[N] calldata deposits,
+        uint40 slackDeposit,
+        uint16[12] calldata imports,
+        uint16[12] calldata exports,
+        uint16[12] calldata awardSizes,
+        uint8[3] calldata sellerMasks,
+        uint48[3] calldata prices,
+        uint16 missMask,
+        uint256 orderSeed
+    ) public {
+        vm.recordLogs();
+        _useScheduleSource();
+        _fund(reserve, RESERVE);
+        for (uint256 i = 0; i < N; ++i) _fund(accounts[i], deposits[i] % (30 * ONE));
+        _fund(slack, slackDeposit % (300 * ONE));
+        _step("after deposits");
+
+        vm.warp(_opens(firstSlot) + 1);
+        for (uint256 i = 0; i < N; ++i) {
+            imp[i] = uint64(i) * 100_000;
+            exp[i] = uint64(i) * 7_000;
+            _read(i, firstSlot);
+        }
+        _step("after the baselines");
+        for (uint256 k = 1; k <= SLOTS; ++k) {
+            uint32 slot = firstSlot + uint32(k);
+            // Day-ahead clearing of the slot, before its delivery.
+            uint16[N] memory sizes;
+            for (uint256 i = 0; i < N; ++i) sizes[i] = awardSizes[(k - 1) * N + i];
+            uint256 price = prices[k - 1] % 4 == 0
+                ? _bound(prices[k - 1], 1, type(uint48).max)
+                : _bound(prices[k - 1], FEED_IN / 2, 2 * RETAIL);
+            _schedule(slot, _balancedAwards(sellerMasks[k - 1], sizes, SCALE), price);
+            _step("after a schedule payment");
+            // Delivery and readings.
+            for (uint256 i = 0; i < N; ++i) {
+                imp[i] += uint64(imports[(k - 1) * N + i]) * SCALE;
+                exp[i] += uint64(exports[(k - 1) * N + i]) * SCALE;
+            }
+            vm.warp(_opens(slot) + 1);
+            uint256 offset = (orderSeed >> (k * 8)) % N;
+            for (uint256 j = 0; j < N; ++j) {
+                uint256 i = (j + offset) % N;
+                if ((missMask >> ((k - 1) * N + i)) & 1 == 1) continue; // missed reading
+                _read(i, slot);
+                _step("after a reading");
+            }
+            vm.warp(_deadline(slot) + 1);
+            if ((orderSeed >> (100 + k)) & 1 == 1) {
+                uint32 target = slot - uint32((orderSeed >> (120 + k * 4)) % k);
+                address[] memory some = new address[](2);
+                some[0] = accounts[(orderSeed >> (140 + k * 4)) % N];
+                some[1] = accounts[(orderSeed >> (160 + k * 4)) % N];
+                settlement.settle(target, some);
+                _step("after a partial settle");
+            }
+        }
+        uint32 last = firstSlot + uint32(SLOTS);
+        vm.warp(_deadline(last) + 1);
+        for (uint256 j = 0; j < SLOTS; ++j) {
+            uint32 slot = firstSlot + 1 + uint32((orderSeed % SLOTS + j) % SLOTS);
+            settlement.settle(slot, _allAccounts());
+            _step("after a full settle");
+        }
+        _requireDepositsSum("at the end");
+        require(settlement.openPool() == 0, "open pool left once every slot is closed");
+
+        uint256 closes;
+        for (uint256 k = 1; k <= SLOTS; ++k) {
+            uint32 slot = firstSlot + uint32(k);
+            ISettlement.SlotView memory s = settlement.slotState(slot);
+            require(s.demandWh == meterDemand[slot], "slot demand != the deviations the meters and schedules make");
+            require(s.supplyWh == meterSupply[slot], "slot supply != the deviations the meters and schedules make");
+            require(s.readings == meterReadings[slot], "slot readings != readings sent");
+            bool shouldClose = meterReadings[slot] > 0 || schedulePaid[slot] > 0;
+            require(s.closed == shouldClose, "a slot with readings or payments is not closed");
+            if (shouldClose) closes += 1;
+            require(s.billed == s.readings, "a reading is not billed");
+            for (uint256 i = 0; i < N; ++i) {
+                uint256 bills = billsOf[slot][accounts[i]];
+                require(bills == (countedReading[slot][i] ? 1 : 0), "a counted reading not billed exactly once");
+            }
+        }
+        require(slotsClosed == closes, "SlotClosed events != closed slots (were the logs recorded?)");
         for (uint256 i = 0; i < N; ++i) {
             int256 counted = (int256(uint256(readImp[i])) - int256(uint256(baseImp[i])))
                 - (int256(uint256(readExp[i])) - int256(uint256(baseExp[i])));
@@ -181,16 +277,17 @@ contract SettlementFuzzTest is SettlementTestBase {
             vm.warp(_opens(slot) + 1 + k);
             (, uint64 beforeImp, uint64 beforeExp) = settlement.lastReading(accounts[0]);
             _read(0, slot);
+            _step("after a reading");
             ISettlement.AccountView memory a = settlement.accountState(accounts[0]);
             require(a.importWh >= beforeImp && a.exportWh >= beforeExp, "a register went down");
             require(
-                int256(a.slotNetWh) == (int256(uint256(a.importWh)) - int256(uint256(beforeImp))) - (int256(uint256(a.exportWh)) - int256(uint256(beforeExp))),
+                int256(a.deviationWh) == (int256(uint256(a.importWh)) - int256(uint256(beforeImp))) - (int256(uint256(a.exportWh)) - int256(uint256(beforeExp))),
                 "energy not attributed to the reading's slot"
             );
         }
         vm.warp(_deadline(firstSlot + 6) + 1);
         settlement.settle(firstSlot + 6, _allAccounts());
-        _checkLogs(vm.getRecordedLogs());
+        _step("after the last settle");
         int256 counted = int256(uint256(imp[0])) - 1_000 - (int256(uint256(exp[0])) - 500);
         require(billedWh[accounts[0]] == counted, "energy billed != energy metered");
         _requireIdentity("at the end");
@@ -224,10 +321,9 @@ contract SettlementFuzzTest is SettlementTestBase {
     }
 
     /// While the slack unit owes bad debt to escrow, a positive residual it takes at a slot's close
-    /// must first pay that debt back, as participants' repayments to it do (Settlement._credit).
-    /// Today the residual is transferred to its wallet in full, badDebt stays, and when escrow holds
-    /// less than the residual the close reverts, so the slot and the reading that would close it
-    /// are stuck. See the report (Settlement._closeIfComplete).
+    /// first pays that debt back, as participants' repayments to it do (Settlement._credit). Before
+    /// 46ce2ca the residual was transferred in full, badDebt stayed, and with escrow holding less
+    /// than the residual the close reverted, so the slot and the reading that would close it were stuck.
     function test_positiveResidualRepaysSlackBadDebtFirst() public {
         // Only account 0 has a deposit, exactly what its slot-2 bill will be: 1_000 Wh at retail.
         _fund(accounts[0], 300_000);
@@ -249,38 +345,48 @@ contract SettlementFuzzTest is SettlementTestBase {
         _read(0, firstSlot + 2);
         _read(1, firstSlot + 2);
         vm.warp(_deadline(firstSlot + 2) + 1);
-        // Today this reverts with ERC20InsufficientBalance(settlement, 150_000, 300_000).
+        // Before the fix this reverted with ERC20InsufficientBalance(settlement, 150_000, 300_000).
         settlement.settle(firstSlot + 2, _allAccounts());
         require(settlement.badDebt() == 0, "the residual did not repay the slack unit's bad debt");
         require(token.balanceOf(slack) == 150_000, "the slack unit should receive only what is left after its debt");
         _requireIdentity("at the end");
     }
 
-    /// setPrices accepts any price up to 2^63 - 1, but a seller's payout is narrowed to 64 bits
-    /// without a check before it is taken from the slot's pool (`int64(uint64(payout))` in
-    /// Settlement._billPending), while openPool and the transfer use the full amount. With the
-    /// largest accepted price a seller of 2_001 Wh is owed more than 2^64 base units: the slot's pool
-    /// records 2^64 less than was paid out, the slack unit covers only that truncated residual, and
-    /// after the slot closes openPool stays at -2^64 with no slot open: escrow holds 2^64 less than
-    /// the deposits it owes, and no bad debt records it. See the report.
+    /// Prices are capped at 2^48 - 1 so that every bill fits the slot's 112-bit pool. Before 46ce2ca
+    /// prices up to 2^63 - 1 were accepted and a seller's payout was narrowed to 64 bits in the pool
+    /// (`int64(uint64(payout))`), leaving openPool at -2^64 with no slot open. Now: beyond the cap is
+    /// refused, and at the cap a seller of 10^8 Wh is owed about 2.8 * 10^19 base units (beyond 64
+    /// bits): it is paid in full, the slack unit covers what its deposit can and the rest is bad
+    /// debt, and the escrow identity holds with no pool left open.
     function test_extremeAcceptedPricesKeepTheEscrowIdentity() public {
-        uint256 maxPrice = uint256(uint64(type(int64).max));
+        uint256 maxPrice = type(uint48).max;
+        for (uint256 k = 0; k < 2; ++k) {
+            uint256 retail = k == 0 ? maxPrice + 1 : uint256(uint64(type(int64).max));
+            try settlement.setPrices(1, retail) {
+                revert("a price beyond 48 bits was accepted");
+            } catch (bytes memory reason) {
+                _requireError(reason, abi.encodeWithSelector(ISettlement.SettlementBadPrices.selector, 1, retail), "bad price");
+            }
+        }
         settlement.setPrices(maxPrice, maxPrice);
         _fund(reserve, type(uint64).max);
         _fund(slack, type(uint64).max);
         vm.warp(_opens(firstSlot) + 1);
         _read(1, firstSlot);
-        exp[1] += 2_001;
+        exp[1] += 100_000_000;
         vm.warp(_opens(firstSlot + 1) + 1);
         _read(1, firstSlot + 1);
         vm.warp(_deadline(firstSlot + 1) + 1);
         address[] memory seller = new address[](1);
         seller[0] = accounts[1];
         settlement.settle(firstSlot + 1, seller);
-        require(token.balanceOf(accounts[1]) == 2_001 * maxPrice / 1000, "seller not paid in full");
+        uint256 payout = 100_000_000 * maxPrice / 1000;
+        require(payout > type(uint64).max, "setup: the payout should exceed 64 bits");
+        require(token.balanceOf(accounts[1]) == payout, "seller not paid in full");
         _requireIdentity("after paying a seller at the largest accepted price");
         require(settlement.slotState(firstSlot + 1).closed, "slot not closed");
         require(settlement.openPool() == 0, "openPool is not zero although no slot is open");
+        require(settlement.badDebt() == payout - type(uint64).max, "the slack unit's shortfall is not bad debt");
         require(
             token.balanceOf(address(settlement)) + settlement.badDebt() == settlement.totalDeposits(),
             "escrow short of the deposits it owes, and no bad debt recorded"
@@ -299,36 +405,18 @@ contract SettlementFuzzTest is SettlementTestBase {
         } else {
             int256 net = (int256(uint256(imp[i])) - int256(uint256(readImp[i])))
                 - (int256(uint256(exp[i])) - int256(uint256(readExp[i])));
-            if (net > 0) meterDemand[slot] += uint256(net);
-            else if (net < 0) meterSupply[slot] += uint256(-net);
-            meterReadings[slot] += 1;
+            _countMeter(slot, i, net);
         }
         readImp[i] = imp[i];
         readExp[i] = exp[i];
     }
 
-    /// @dev Adds up the bills of every slot and checks each SlotClosed against them and the meters.
-    function _checkLogs(SettlementCheats.Log[] memory logs) internal {
-        for (uint256 j = 0; j < logs.length; ++j) {
-            SettlementCheats.Log memory log = logs[j];
-            if (log.emitter != address(settlement) || log.topics.length == 0) continue;
-            if (log.topics[0] == BILLED_TOPIC) {
-                address account = address(uint160(uint256(log.topics[1])));
-                uint32 slot = uint32(uint256(log.topics[2]));
-                (int256 netWh, int256 amount, uint256 shortfall) = abi.decode(log.data, (int256, int256, uint256));
-                billedNetTokens[slot] += amount - int256(shortfall);
-                billedCount[slot] += 1;
-                billedWh[account] += netWh;
-            } else if (log.topics[0] == SLOT_CLOSED_TOPIC) {
-                uint32 slot = uint32(uint256(log.topics[1]));
-                (uint256 localWh, uint256 supplied, uint256 absorbed, int256 slackAmount) =
-                    abi.decode(log.data, (uint256, uint256, uint256, int256));
-                require(meterDemand[slot] + absorbed == meterSupply[slot] + supplied, "energy not conserved in a slot");
-                require(localWh <= meterDemand[slot] && localWh <= meterSupply[slot], "local energy beyond D or U");
-                require(billedNetTokens[slot] == slackAmount, "bills net of shortfalls != slack residual");
-                require(billedCount[slot] == meterReadings[slot], "slot closed before all readings were billed");
-            }
-        }
+    /// @dev Checks the logs of the last call (`_consume`), the escrow identity and the token supply.
+    function _step(string memory where) internal {
+        _consume(vm.getRecordedLogs());
+        _requireNoViolation();
+        _requireIdentity(where);
+        _requireSupply(where);
     }
 
     function _stateHash(uint32 slot) internal view returns (bytes32) {
@@ -347,9 +435,10 @@ contract SettlementFuzzTest is SettlementTestBase {
     }
 }
 
-/// @dev What the invariant fuzzer drives: readings (with missed slots), settle calls, deposits and
-/// withdrawals on one market, with the clock moved forward by the handler itself. It keeps what
-/// the meters counted per slot and checks every closed slot against it and against its bills.
+/// @dev What the invariant fuzzer drives: day-ahead schedules (through the test schedule source),
+/// readings (with missed slots), settle calls, deposits and withdrawals on one market, with the
+/// clock moved forward by the handler itself. It keeps what the meters counted and what the
+/// schedules said per slot, and checks every call's bills, payouts and closed slots (`_consume`).
 contract SettlementHandler is SettlementTestBase {
     uint32 public slot;
     bool public windowOpen;
@@ -359,18 +448,14 @@ contract SettlementHandler is SettlementTestBase {
     uint32[N] public lastRead;
     uint64[N] public readImp;
     uint64[N] public readExp;
-    mapping(uint32 slot => uint256) public meterDemand;
-    mapping(uint32 slot => uint256) public meterSupply;
-    mapping(uint32 slot => uint256) public meterReadings;
-    mapping(uint32 slot => int256) public billedNetTokens;
-    mapping(uint32 slot => uint256) public billedCount;
+    mapping(uint32 slot => uint256) public readsIn;
     uint32[] public touched;
-    string public violation;
     uint256 public readingsRecorded;
-    uint256 public slotsClosed;
+    uint256 public scheduledSlots;
 
     constructor() {
         _deployMarket();
+        _useScheduleSource();
         for (uint256 i = 0; i < N; ++i) _fund(accounts[i], 20 * ONE);
         _fund(slack, 50 * ONE);
         _fund(reserve, RESERVE);
@@ -388,6 +473,10 @@ contract SettlementHandler is SettlementTestBase {
         return reserve;
     }
 
+    function scheduleSource() external view returns (address) {
+        return address(source);
+    }
+
     function account(uint256 i) external view returns (address) {
         return accounts[i];
     }
@@ -403,6 +492,18 @@ contract SettlementHandler is SettlementTestBase {
         windowOpen = true;
     }
 
+    /// The day-ahead market's awards for the current slot, before any of its readings: balanced
+    /// (the sellers in `sellerMask` share what the others buy), at a price around the slack unit's.
+    function dayAhead(uint8 sellerMask, uint16[N] calldata sizes, uint32 price) external {
+        if (!windowOpen || readsIn[slot] > 0 || awardPrice[slot] != 0) return;
+        int256[N] memory q = _balancedAwards(sellerMask, sizes, 4);
+        _at();
+        vm.recordLogs();
+        _schedule(slot, q, _bound(price, FEED_IN / 2, 2 * RETAIL));
+        _consume(vm.getRecordedLogs());
+        scheduledSlots += 1;
+    }
+
     /// Participant `who`'s meter counts energy and, in a reading window, sends its reading.
     function read(uint8 who, uint16 dImport, uint16 dExport) external {
         uint256 i = who % N;
@@ -412,19 +513,18 @@ contract SettlementHandler is SettlementTestBase {
         _at();
         vm.recordLogs();
         _submit(i, slot, imp[i], exp[i]);
+        readsIn[slot] += 1;
         if (lastRead[i] != 0) {
             int256 net = (int256(uint256(imp[i])) - int256(uint256(readImp[i])))
                 - (int256(uint256(exp[i])) - int256(uint256(readExp[i])));
-            if (net > 0) meterDemand[slot] += uint256(net);
-            else if (net < 0) meterSupply[slot] += uint256(-net);
             if (meterReadings[slot] == 0) touched.push(slot);
-            meterReadings[slot] += 1;
+            _countMeter(slot, i, net);
         }
         lastRead[i] = slot;
         readImp[i] = imp[i];
         readExp[i] = exp[i];
         readingsRecorded += 1;
-        _consumeLogs();
+        _consume(vm.getRecordedLogs());
     }
 
     /// Closes the reading window and settles this or an earlier slot for the accounts in `mask`.
@@ -441,7 +541,7 @@ contract SettlementHandler is SettlementTestBase {
         _at();
         vm.recordLogs();
         settlement.settle(target, list);
-        _consumeLogs();
+        _consume(vm.getRecordedLogs());
     }
 
     /// Someone deposits for participant `who` (or the slack unit).
@@ -450,7 +550,7 @@ contract SettlementHandler is SettlementTestBase {
         _at();
         vm.recordLogs();
         _fund(to, _bound(amount, 1, 50 * ONE));
-        _consumeLogs();
+        _consume(vm.getRecordedLogs());
     }
 
     /// Participant `who` (or the slack unit) withdraws part of its free deposit (it may be billed first).
@@ -462,34 +562,12 @@ contract SettlementHandler is SettlementTestBase {
         vm.recordLogs();
         vm.prank(from);
         try settlement.withdraw(_bound(amount, 1, free)) {} catch {}
-        _consumeLogs();
+        _consume(vm.getRecordedLogs());
     }
 
     function _at() internal {
         vm.warp(clock);
         clock += 1;
-    }
-
-    function _consumeLogs() internal {
-        SettlementCheats.Log[] memory logs = vm.getRecordedLogs();
-        for (uint256 j = 0; j < logs.length; ++j) {
-            SettlementCheats.Log memory log = logs[j];
-            if (log.emitter != address(settlement) || log.topics.length == 0) continue;
-            if (log.topics[0] == BILLED_TOPIC) {
-                uint32 s = uint32(uint256(log.topics[2]));
-                (, int256 amount, uint256 shortfall) = abi.decode(log.data, (int256, int256, uint256));
-                billedNetTokens[s] += amount - int256(shortfall);
-                billedCount[s] += 1;
-            } else if (log.topics[0] == SLOT_CLOSED_TOPIC) {
-                uint32 s = uint32(uint256(log.topics[1]));
-                (, uint256 supplied, uint256 absorbed, int256 slackAmount) =
-                    abi.decode(log.data, (uint256, uint256, uint256, int256));
-                slotsClosed += 1;
-                if (meterDemand[s] + absorbed != meterSupply[s] + supplied) violation = "energy not conserved in a slot";
-                if (billedNetTokens[s] != slackAmount) violation = "bills net of shortfalls != slack residual";
-                if (billedCount[s] != meterReadings[s]) violation = "slot closed before all readings were billed";
-            }
-        }
     }
 }
 
@@ -520,7 +598,7 @@ contract SettlementInvariantTest {
         (address tokenAddress, address settlementAddress, address slack) = handler.market();
         IERC20Like t = IERC20Like(tokenAddress);
         uint256 sum = t.balanceOf(address(handler)) + t.balanceOf(settlementAddress) + t.balanceOf(slack)
-            + t.balanceOf(handler.reserveAccount());
+            + t.balanceOf(handler.reserveAccount()) + t.balanceOf(handler.scheduleSource());
         for (uint256 i = 0; i < 4; ++i) sum += t.balanceOf(handler.account(i));
         require(sum == t.totalSupply(), "sum of balances != total supply");
     }

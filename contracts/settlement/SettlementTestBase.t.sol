@@ -7,11 +7,18 @@ import {ParticipantRegistry} from "../registry/ParticipantRegistry.sol";
 import {IMeterLedger} from "../metering/IMeterLedger.sol";
 import {ISettlement} from "./ISettlement.sol";
 import {Settlement} from "./Settlement.sol";
+import {TestScheduleSource} from "../test/TestScheduleSource.sol";
 
 // Shared base of the Solidity tests of the metering and settlement contracts, run by
 // `npx hardhat test solidity`. forge-std is not available here, so the few cheatcodes these tests
 // need are declared below and called at Hardhat's cheatcode address; checks are plain `require`s
 // and expected reverts are caught with try/catch and compared with the exact custom error.
+
+bytes32 constant BILLED_TOPIC = keccak256("Billed(address,uint32,int256,uint256,int256,uint256)");
+bytes32 constant SLOT_CLOSED_TOPIC = keccak256("SlotClosed(uint32,uint256,uint256,uint256,int256)");
+bytes32 constant SCHEDULE_PAID_TOPIC = keccak256("SchedulePaid(uint32,address,uint256)");
+bytes32 constant WITHDRAWN_TOPIC = keccak256("Withdrawn(address,uint256)");
+bytes32 constant TRANSFER_TOPIC = keccak256("Transfer(address,address,uint256)");
 
 /// @dev The cheatcodes the tests use (Foundry-compatible, served by Hardhat's EDR).
 interface SettlementCheats {
@@ -54,6 +61,29 @@ abstract contract SettlementTestBase {
     uint256 internal constant RESERVE = 100_000 * ONE;
     /// @dev The first slot whose readings are still ahead when the test starts.
     uint32 internal firstSlot;
+    /// @dev The test schedule source standing in for the day-ahead market, once `_useScheduleSource` ran.
+    TestScheduleSource internal source;
+
+    // What the test's own meters and schedules say per slot, and what the bills said (see `_consume`).
+    /// @dev The schedule the source holds for accounts[i] in a slot, and the slot's price.
+    mapping(uint32 slot => mapping(uint256 i => int256)) internal awardOf;
+    mapping(uint32 slot => uint256) internal awardPrice;
+    /// @dev Sums of positive and of negative deviations (metered net - schedule) of counted readings.
+    mapping(uint32 slot => uint256) public meterDemand;
+    mapping(uint32 slot => uint256) public meterSupply;
+    mapping(uint32 slot => uint256) public meterReadings;
+    mapping(uint32 slot => mapping(uint256 i => bool)) internal countedReading;
+    /// @dev Per slot: bills net of shortfalls, bills, scheduled revenue paid with them, schedule payments.
+    mapping(uint32 slot => int256) public billedNetTokens;
+    mapping(uint32 slot => uint256) public billedCount;
+    mapping(uint32 slot => uint256) public scheduledRevenuePaid;
+    mapping(uint32 slot => uint256) public schedulePaid;
+    mapping(uint32 slot => mapping(address account => uint256)) public billsOf;
+    mapping(address account => int256) internal billedWh;
+    /// @dev The first broken rule `_consume` saw, empty if none.
+    string public violation;
+    uint256 public slotsClosed;
+    uint256 public scheduledSellerBills;
 
     function _deployMarket() internal {
         vm.warp(START);
@@ -92,6 +122,176 @@ abstract contract SettlementTestBase {
         );
         token.approve(address(settlement), type(uint256).max);
         firstSlot = uint32(block.timestamp / SLOT_SECONDS) + 1;
+    }
+
+    /// @dev Deploys the test schedule source and makes it settlement's (which grants it MARKET_ROLE).
+    function _useScheduleSource() internal {
+        source = new TestScheduleSource(token, settlement);
+        settlement.setScheduleSource(source);
+    }
+
+    /// @dev Day-ahead awards of `slot` at `price` (`q[i]` for accounts[i]: + bought, - sold), recorded by
+    /// the source as a clearing would; the buyers' costs, ceil(q * price / 1000) each, are minted to the
+    /// source (their escrow) and paid into the slot's pool. Returns what was paid.
+    function _schedule(uint32 slot, int256[N] memory q, uint256 price) internal returns (uint256 paid) {
+        address[] memory list = new address[](N);
+        int256[] memory nets = new int256[](N);
+        for (uint256 i = 0; i < N; ++i) {
+            list[i] = accounts[i];
+            nets[i] = q[i];
+            awardOf[slot][i] = q[i];
+            if (q[i] > 0) paid += (uint256(q[i]) * price + 999) / 1000;
+        }
+        awardPrice[slot] = price;
+        source.setSchedules(slot, list, nets, price);
+        if (paid > 0) {
+            token.mint(address(source), paid);
+            source.pay(slot, paid);
+        }
+    }
+
+    /// @dev Balanced awards from fuzzed sizes: accounts whose bit in `sellerMask` is set sell, the
+    /// others buy `sizes[i] * scale` Wh; the buyers' total is shared among the sellers in proportion to
+    /// their sizes (the last seller takes the remainder). No award if a side is empty.
+    function _balancedAwards(uint8 sellerMask, uint16[N] memory sizes, uint256 scale) internal pure returns (int256[N] memory q) {
+        uint256 bought;
+        uint256 weights;
+        uint256 lastSeller = N;
+        for (uint256 i = 0; i < N; ++i) {
+            if ((sellerMask >> i) & 1 == 1) {
+                weights += uint256(sizes[i]) + 1;
+                lastSeller = i;
+            } else {
+                bought += uint256(sizes[i]) * scale;
+            }
+        }
+        if (lastSeller == N || bought == 0) return q;
+        uint256 sold;
+        for (uint256 i = 0; i < N; ++i) {
+            if ((sellerMask >> i) & 1 == 0) {
+                q[i] = int256(uint256(sizes[i]) * scale);
+            } else if (i == lastSeller) {
+                q[i] = -int256(bought - sold);
+            } else {
+                uint256 share = bought * (uint256(sizes[i]) + 1) / weights;
+                sold += share;
+                q[i] = -int256(share);
+            }
+        }
+    }
+
+    /// @dev floor(|q| * P / 1000) for a scheduled sale of accounts[i] in `slot`, 0 otherwise.
+    function _scheduledRevenue(uint32 slot, uint256 i) internal view returns (uint256) {
+        int256 q = awardOf[slot][i];
+        return q < 0 ? uint256(-q) * awardPrice[slot] / 1000 : 0;
+    }
+
+    /// @dev Counts a reading of accounts[i] that carried `net` Wh into the test's own deviation totals.
+    function _countMeter(uint32 slot, uint256 i, int256 net) internal {
+        int256 d = net - awardOf[slot][i];
+        if (d > 0) meterDemand[slot] += uint256(d);
+        else if (d < 0) meterSupply[slot] += uint256(-d);
+        meterReadings[slot] += 1;
+        countedReading[slot][i] = true;
+    }
+
+    function _violate(string memory why) internal {
+        if (bytes(violation).length == 0) violation = why;
+    }
+
+    function _requireNoViolation() internal view {
+        require(bytes(violation).length == 0, violation);
+    }
+
+    /// @dev The index of `account` among the participants that read, or N.
+    function _indexOf(address account) internal view returns (uint256) {
+        for (uint256 i = 0; i < N; ++i) if (accounts[i] == account) return i;
+        return N;
+    }
+
+    /**
+     * @dev Checks the logs of one call against the test's meters and schedules (records the first
+     * broken rule in `violation`): every bill is of a counted reading, carries the source's
+     * schedule, is the only one of its account and slot, and what settlement transferred to the
+     * account in the call (less its withdrawal) is its scheduled revenue floor(|q| * P / 1000) plus
+     * its deviation revenue, less what its upward deviation took from that revenue. Every closed
+     * slot conserves energy on deviations (D + absorbed == U + supplied, from the meters and the
+     * schedules) and tokens (schedule payments + bills net of shortfalls - scheduled revenue == the
+     * slack unit's residual), and had all its readings billed.
+     */
+    function _consume(SettlementCheats.Log[] memory logs) internal {
+        address[] memory to = new address[](logs.length);
+        int256[] memory received = new int256[](logs.length);
+        uint256 n;
+        for (uint256 j = 0; j < logs.length; ++j) {
+            SettlementCheats.Log memory log = logs[j];
+            if (log.topics.length == 0) continue;
+            address who;
+            int256 value;
+            if (log.emitter == address(token) && log.topics[0] == TRANSFER_TOPIC) {
+                if (address(uint160(uint256(log.topics[1]))) != address(settlement)) continue;
+                who = address(uint160(uint256(log.topics[2])));
+                value = int256(abi.decode(log.data, (uint256)));
+            } else if (log.emitter == address(settlement) && log.topics[0] == WITHDRAWN_TOPIC) {
+                who = address(uint160(uint256(log.topics[1])));
+                value = -int256(abi.decode(log.data, (uint256)));
+            } else {
+                continue;
+            }
+            uint256 k = 0;
+            while (k < n && to[k] != who) ++k;
+            if (k == n) to[n++] = who;
+            received[k] += value;
+        }
+        for (uint256 j = 0; j < logs.length; ++j) {
+            SettlementCheats.Log memory log = logs[j];
+            if (log.emitter != address(settlement) || log.topics.length == 0) continue;
+            if (log.topics[0] == BILLED_TOPIC) {
+                _consumeBill(log, to, received, n);
+            } else if (log.topics[0] == SLOT_CLOSED_TOPIC) {
+                uint32 slot = uint32(uint256(log.topics[1]));
+                (uint256 localWh, uint256 supplied, uint256 absorbed, int256 slackAmount) =
+                    abi.decode(log.data, (uint256, uint256, uint256, int256));
+                slotsClosed += 1;
+                if (meterDemand[slot] + absorbed != meterSupply[slot] + supplied) _violate("energy not conserved in a slot");
+                if (localWh > meterDemand[slot] || localWh > meterSupply[slot]) _violate("local energy beyond D or U");
+                if (int256(schedulePaid[slot]) + billedNetTokens[slot] - int256(scheduledRevenuePaid[slot]) != slackAmount) {
+                    _violate("schedule payments + bills - shortfalls - scheduled revenue != slack residual");
+                }
+                if (billedCount[slot] != meterReadings[slot]) _violate("slot closed before all readings were billed");
+                if (meterReadings[slot] == 0 && schedulePaid[slot] == 0) _violate("a slot without readings or payments closed");
+            } else if (log.topics[0] == SCHEDULE_PAID_TOPIC) {
+                schedulePaid[uint32(uint256(log.topics[1]))] += abi.decode(log.data, (uint256));
+            }
+        }
+    }
+
+    function _consumeBill(SettlementCheats.Log memory log, address[] memory to, int256[] memory received, uint256 n) private {
+        address account = address(uint160(uint256(log.topics[1])));
+        uint32 slot = uint32(uint256(log.topics[2]));
+        (int256 deviationWh, uint256 scheduledEarnings, int256 amount, uint256 shortfall) =
+            abi.decode(log.data, (int256, uint256, int256, uint256));
+        uint256 i = _indexOf(account);
+        if (i == N || !countedReading[slot][i]) _violate("billed without a counted reading");
+        if (billsOf[slot][account] > 0) _violate("an account billed twice for a slot");
+        billsOf[slot][account] += 1;
+        uint256 sched = i < N ? _scheduledRevenue(slot, i) : 0;
+        if (scheduledEarnings != sched) _violate("the bill's scheduled earnings are not the source's");
+        int256 expected;
+        if (amount > 0) {
+            uint256 paid = uint256(amount) - shortfall;
+            expected = int256(sched - (paid < sched ? paid : sched));
+        } else {
+            expected = int256(sched) - amount;
+        }
+        int256 got;
+        for (uint256 k = 0; k < n; ++k) if (to[k] == account) got = received[k];
+        if (got != expected) _violate("payout != scheduled revenue + deviation revenue - what the deviation took");
+        if (sched > 0) scheduledSellerBills += 1;
+        billedNetTokens[slot] += amount - int256(shortfall);
+        billedCount[slot] += 1;
+        scheduledRevenuePaid[slot] += sched;
+        billedWh[account] += deviationWh + (i < N ? awardOf[slot][i] : int256(0));
     }
 
     function _bound(uint256 x, uint256 min, uint256 max) internal pure returns (uint256) {
@@ -165,7 +365,7 @@ abstract contract SettlementTestBase {
     /// @dev Every token is in one of the wallets the test knows, or in escrow.
     function _requireSupply(string memory where) internal view {
         uint256 sum = token.balanceOf(address(this)) + token.balanceOf(address(settlement)) + token.balanceOf(slack)
-            + token.balanceOf(reserve);
+            + token.balanceOf(reserve) + token.balanceOf(address(source));
         for (uint256 i = 0; i < N; ++i) sum += token.balanceOf(accounts[i]);
         require(sum == token.totalSupply(), string.concat("sum of balances != total supply: ", where));
     }

@@ -3,6 +3,7 @@ import EnergyTokenModule from "./EnergyToken.js";
 import ParticipantRegistryModule from "./ParticipantRegistry.js";
 import SettlementModule from "./Settlement.js";
 import DayAheadMarketModule from "./DayAheadMarket.js";
+import IntradayMarketModule from "./IntradayMarket.js";
 
 /**
  * The whole market: deploy this one. Each concern has its own module (and so its own
@@ -19,6 +20,7 @@ export default buildModule("MarketModule", (m) => {
   const { participantRegistry } = m.useModule(ParticipantRegistryModule);
   const { settlement } = m.useModule(SettlementModule);
   const { dayAheadMarket } = m.useModule(DayAheadMarketModule);
+  const { intradayMarket } = m.useModule(IntradayMarketModule);
 
-  return { energyToken, participantRegistry, settlement, dayAheadMarket };
+  return { energyToken, participantRegistry, settlement, dayAheadMarket, intradayMarket };
 });

@@ -196,7 +196,7 @@ describe("deploy and distribute on a real hardhat node (e2e)", function () {
     const row = one.stdout.split("\n").find((l) => l.includes(p.account));
     expect(row).to.match(new RegExp(`^\\s*1\\s+${p.account}\\s+prosumer\\s+active\\s+${formatUnits(p.amount, 6).replace(".", "\\.")} ${symbol}\\s+0\\.0 ${symbol}\\s+0\\.0 ${symbol}$`));
 
-    const all = await runCli("balance.ts", ["--all", "--rpc", node.url, "--token", deployment.addresses.energyToken, "--registry", deployment.addresses.participantRegistry, "--settlement", deployment.addresses.settlement, "--day-ahead", deployment.addresses.dayAheadMarket]);
+    const all = await runCli("balance.ts", ["--all", "--rpc", node.url, "--token", deployment.addresses.energyToken, "--registry", deployment.addresses.participantRegistry, "--settlement", deployment.addresses.settlement, "--day-ahead", deployment.addresses.dayAheadMarket, "--intraday", deployment.addresses.intradayMarket]);
     expect(all.code, all.stderr).to.equal(0);
     const count = Number(await market.participantRegistry.participantCount());
     expect(all.stdout).to.include(`${count} participants`);

@@ -75,7 +75,7 @@ describe("e2e: the simulated market for a few slots (node, Ignition, Modbus mete
       expect(r.closed, `slot ${r.slot} closed`).to.equal(true);
       expect(r.readings, `slot ${r.slot} readings`).to.equal(9);
       expect(r.bills.map((b) => b.account), `slot ${r.slot} billed once each`).to.have.members(accounts);
-      expect(r.bills.every((b) => b.scheduledWh === 0n), "no day-ahead positions").to.equal(true);
+      expect(r.bills.every((b) => b.earned === 0n && b.deviationWh === b.netWh), "no day-ahead positions").to.equal(true);
       const onChain = checks.bills.filter((b) => b.slot === r.slot);
       expect(onChain.map((b) => b.account).sort()).to.deep.equal([...accounts].sort());
     }

@@ -204,6 +204,7 @@ export async function recordedReadings(settlement: Settlement, account?: string)
 export interface BilledEvent {
   account: string;
   slot: number;
+  /** The bill's deviation: without markets (as in these tests) it is the metered net energy. */
   netWh: bigint;
   amount: bigint;
   shortfall: bigint;
@@ -216,7 +217,7 @@ export async function billedEvents(settlement: Settlement, account?: string): Pr
   return logs.map((l) => ({
     account: l.args.account,
     slot: Number(l.args.slot),
-    netWh: l.args.netWh,
+    netWh: l.args.deviationWh,
     amount: l.args.amount,
     shortfall: l.args.shortfall,
     txHash: l.transactionHash,

@@ -10,6 +10,7 @@ const REGISTRY = "0xe7f1725E7734CE288F8367e1Bb143E90bb3F0512";
 const OTHER = "0x9fE46736679d2D9a65F0992F2272dE9f3c7fa6e0";
 const SETTLEMENT = "0xCf7Ed3AccA5a467e9e704C703E8D87F634fB0Fc9";
 const DAY_AHEAD = "0xDc64a140Aa3E981100a9becA4E685f962f0cF6C9";
+const INTRADAY = "0x5FC8d32690cc91D4c39d9d3abcBD16989F875707";
 
 describe("deployment addresses", () => {
   let root: string;
@@ -30,14 +31,16 @@ describe("deployment addresses", () => {
         "ParticipantRegistryModule#ParticipantRegistry": REGISTRY,
         "SettlementModule#Settlement": SETTLEMENT,
         "DayAheadMarketModule#DayAheadMarket": DAY_AHEAD,
+        "IntradayMarketModule#IntradayMarket": INTRADAY,
       }),
     );
-    expect(marketAddressesFromDeployment(dir)).to.deep.equal({ energyToken: TOKEN, participantRegistry: REGISTRY, settlement: SETTLEMENT, dayAheadMarket: DAY_AHEAD });
+    expect(marketAddressesFromDeployment(dir)).to.deep.equal({ energyToken: TOKEN, participantRegistry: REGISTRY, settlement: SETTLEMENT, dayAheadMarket: DAY_AHEAD, intradayMarket: INTRADAY });
     expect(resolveMarketAddresses({ deploymentDir: dir, energyToken: OTHER })).to.deep.equal({
       energyToken: OTHER,
       participantRegistry: REGISTRY,
       settlement: SETTLEMENT,
       dayAheadMarket: DAY_AHEAD,
+      intradayMarket: INTRADAY,
     });
   });
 
@@ -49,10 +52,10 @@ describe("deployment addresses", () => {
   });
 
   it("takes explicit addresses, naming the option when one is missing or wrong", () => {
-    const all = { energyToken: TOKEN, participantRegistry: REGISTRY, settlement: SETTLEMENT, dayAheadMarket: DAY_AHEAD };
+    const all = { energyToken: TOKEN, participantRegistry: REGISTRY, settlement: SETTLEMENT, dayAheadMarket: DAY_AHEAD, intradayMarket: INTRADAY };
     expect(resolveMarketAddresses(all)).to.deep.equal(all);
-    const names = { deploymentDir: "--deployment", energyToken: "--token", participantRegistry: "--registry", settlement: "--settlement", dayAheadMarket: "--day-ahead" };
-    expect(() => resolveMarketAddresses({ energyToken: TOKEN, names })).to.throw(ConfigError, "--deployment: not given, so --registry, --settlement and --day-ahead must be given");
+    const names = { deploymentDir: "--deployment", energyToken: "--token", participantRegistry: "--registry", settlement: "--settlement", dayAheadMarket: "--day-ahead", intradayMarket: "--intraday" };
+    expect(() => resolveMarketAddresses({ energyToken: TOKEN, names })).to.throw(ConfigError, "--deployment: not given, so --registry, --settlement, --day-ahead and --intraday must be given");
     expect(() => resolveMarketAddresses({ ...all, energyToken: TOKEN.replace("aa3", "AA3"), names })).to.throw(
       ConfigError,
       /--token: .* checksum does not match/,

@@ -18,6 +18,7 @@ getContractFactory(name: 'IMeterLedger', signerOrOptions?: ethers.Signer | Facto
 getContractFactory(name: 'MeterLedger', signerOrOptions?: ethers.Signer | FactoryOptions): Promise<Contracts.MeterLedger__factory>
 getContractFactory(name: 'IParticipantRegistry', signerOrOptions?: ethers.Signer | FactoryOptions): Promise<Contracts.IParticipantRegistry__factory>
 getContractFactory(name: 'ParticipantRegistry', signerOrOptions?: ethers.Signer | FactoryOptions): Promise<Contracts.ParticipantRegistry__factory>
+getContractFactory(name: 'IBalancingSource', signerOrOptions?: ethers.Signer | FactoryOptions): Promise<Contracts.IBalancingSource__factory>
 getContractFactory(name: 'IScheduleSink', signerOrOptions?: ethers.Signer | FactoryOptions): Promise<Contracts.IScheduleSink__factory>
 getContractFactory(name: 'IScheduleSource', signerOrOptions?: ethers.Signer | FactoryOptions): Promise<Contracts.IScheduleSource__factory>
 getContractFactory(name: 'ISettlement', signerOrOptions?: ethers.Signer | FactoryOptions): Promise<Contracts.ISettlement__factory>
@@ -33,6 +34,7 @@ getContractAt(name: 'IMeterLedger', address: string | ethers.Addressable, signer
 getContractAt(name: 'MeterLedger', address: string | ethers.Addressable, signer?: ethers.Signer): Promise<Contracts.MeterLedger>
 getContractAt(name: 'IParticipantRegistry', address: string | ethers.Addressable, signer?: ethers.Signer): Promise<Contracts.IParticipantRegistry>
 getContractAt(name: 'ParticipantRegistry', address: string | ethers.Addressable, signer?: ethers.Signer): Promise<Contracts.ParticipantRegistry>
+getContractAt(name: 'IBalancingSource', address: string | ethers.Addressable, signer?: ethers.Signer): Promise<Contracts.IBalancingSource>
 getContractAt(name: 'IScheduleSink', address: string | ethers.Addressable, signer?: ethers.Signer): Promise<Contracts.IScheduleSink>
 getContractAt(name: 'IScheduleSource', address: string | ethers.Addressable, signer?: ethers.Signer): Promise<Contracts.IScheduleSource>
 getContractAt(name: 'ISettlement', address: string | ethers.Addressable, signer?: ethers.Signer): Promise<Contracts.ISettlement>
@@ -48,6 +50,7 @@ deployContract(name: 'IMeterLedger', signerOrOptions?: ethers.Signer | DeployCon
 deployContract(name: 'MeterLedger', signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.MeterLedger>
 deployContract(name: 'IParticipantRegistry', signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.IParticipantRegistry>
 deployContract(name: 'ParticipantRegistry', signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.ParticipantRegistry>
+deployContract(name: 'IBalancingSource', signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.IBalancingSource>
 deployContract(name: 'IScheduleSink', signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.IScheduleSink>
 deployContract(name: 'IScheduleSource', signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.IScheduleSource>
 deployContract(name: 'ISettlement', signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.ISettlement>
@@ -63,6 +66,7 @@ deployContract(name: 'IMeterLedger', args: any[], signerOrOptions?: ethers.Signe
 deployContract(name: 'MeterLedger', args: any[], signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.MeterLedger>
 deployContract(name: 'IParticipantRegistry', args: any[], signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.IParticipantRegistry>
 deployContract(name: 'ParticipantRegistry', args: any[], signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.ParticipantRegistry>
+deployContract(name: 'IBalancingSource', args: any[], signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.IBalancingSource>
 deployContract(name: 'IScheduleSink', args: any[], signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.IScheduleSink>
 deployContract(name: 'IScheduleSource', args: any[], signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.IScheduleSource>
 deployContract(name: 'ISettlement', args: any[], signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.ISettlement>

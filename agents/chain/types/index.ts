@@ -30,6 +30,8 @@ export type { IParticipantRegistry } from './registry/IParticipantRegistry.js';
 export { IParticipantRegistry__factory } from './factories/registry/IParticipantRegistry__factory.js';
 export type { ParticipantRegistry } from './registry/ParticipantRegistry.js';
 export { ParticipantRegistry__factory } from './factories/registry/ParticipantRegistry__factory.js';
+export type { IBalancingSource } from './settlement/IScheduleSink.sol/IBalancingSource.js';
+export { IBalancingSource__factory } from './factories/settlement/IScheduleSink.sol/IBalancingSource__factory.js';
 export type { IScheduleSink } from './settlement/IScheduleSink.sol/IScheduleSink.js';
 export { IScheduleSink__factory } from './factories/settlement/IScheduleSink.sol/IScheduleSink__factory.js';
 export type { IScheduleSource } from './settlement/IScheduleSink.sol/IScheduleSource.js';

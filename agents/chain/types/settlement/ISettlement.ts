@@ -6,21 +6,21 @@ import type { TypedContractEvent, TypedDeferredTopicFilter, TypedEventLog, Typed
   
 export declare namespace ISettlement {
       
-    export type AccountViewStruct = {lastSlot: BigNumberish, billed: boolean, importWh: BigNumberish, exportWh: BigNumberish, slotNetWh: BigNumberish, scheduledWh: BigNumberish, deposit: BigNumberish, debt: BigNumberish}
+    export type AccountViewStruct = {lastSlot: BigNumberish, billed: boolean, importWh: BigNumberish, exportWh: BigNumberish, deviationWh: BigNumberish, earned: BigNumberish, deposit: BigNumberish, debt: BigNumberish}
 
-    export type AccountViewStructOutput = [lastSlot: bigint, billed: boolean, importWh: bigint, exportWh: bigint, slotNetWh: bigint, scheduledWh: bigint, deposit: bigint, debt: bigint] & {lastSlot: bigint, billed: boolean, importWh: bigint, exportWh: bigint, slotNetWh: bigint, scheduledWh: bigint, deposit: bigint, debt: bigint }
+    export type AccountViewStructOutput = [lastSlot: bigint, billed: boolean, importWh: bigint, exportWh: bigint, deviationWh: bigint, earned: bigint, deposit: bigint, debt: bigint] & {lastSlot: bigint, billed: boolean, importWh: bigint, exportWh: bigint, deviationWh: bigint, earned: bigint, deposit: bigint, debt: bigint }
   
 
-    export type SlotViewStruct = {demandWh: BigNumberish, supplyWh: BigNumberish, localWh: BigNumberish, readings: BigNumberish, billed: BigNumberish, priced: boolean, closed: boolean, scheduledPrice: BigNumberish, price: BigNumberish, feedInPrice: BigNumberish, retailPrice: BigNumberish, pool: BigNumberish}
+    export type SlotViewStruct = {demandWh: BigNumberish, supplyWh: BigNumberish, localWh: BigNumberish, readings: BigNumberish, billed: BigNumberish, priced: boolean, closed: boolean, price: BigNumberish, feedInPrice: BigNumberish, retailPrice: BigNumberish, pool: BigNumberish, upWh: BigNumberish, downWh: BigNumberish, upPrice: BigNumberish, downPrice: BigNumberish}
 
-    export type SlotViewStructOutput = [demandWh: bigint, supplyWh: bigint, localWh: bigint, readings: bigint, billed: bigint, priced: boolean, closed: boolean, scheduledPrice: bigint, price: bigint, feedInPrice: bigint, retailPrice: bigint, pool: bigint] & {demandWh: bigint, supplyWh: bigint, localWh: bigint, readings: bigint, billed: bigint, priced: boolean, closed: boolean, scheduledPrice: bigint, price: bigint, feedInPrice: bigint, retailPrice: bigint, pool: bigint }
+    export type SlotViewStructOutput = [demandWh: bigint, supplyWh: bigint, localWh: bigint, readings: bigint, billed: bigint, priced: boolean, closed: boolean, price: bigint, feedInPrice: bigint, retailPrice: bigint, pool: bigint, upWh: bigint, downWh: bigint, upPrice: bigint, downPrice: bigint] & {demandWh: bigint, supplyWh: bigint, localWh: bigint, readings: bigint, billed: bigint, priced: boolean, closed: boolean, price: bigint, feedInPrice: bigint, retailPrice: bigint, pool: bigint, upWh: bigint, downWh: bigint, upPrice: bigint, downPrice: bigint }
   
     }
 
   export interface ISettlementInterface extends Interface {
     getFunction(nameOrSignature: "accountState" | "deposit" | "depositFor" | "depositWithPermit" | "setPrices" | "settle" | "slotState" | "withdraw" | "withdrawable"): FunctionFragment;
 
-    getEvent(nameOrSignatureOrTopic: "Billed" | "DebtRepaid" | "Deposited" | "ParticipantInDebt" | "PricesSet" | "SchedulePaid" | "ScheduleSourceSet" | "SlotClosed" | "SlotPriced" | "Withdrawn"): EventFragment;
+    getEvent(nameOrSignatureOrTopic: "Billed" | "DebtRepaid" | "Deposited" | "MarketsSet" | "ParticipantInDebt" | "PricesSet" | "SchedulePaid" | "SlotClosed" | "SlotPriced" | "Withdrawn"): EventFragment;
 
     encodeFunctionData(functionFragment: 'accountState', values: [AddressLike]): string;
 encodeFunctionData(functionFragment: 'deposit', values: [BigNumberish]): string;
@@ -45,9 +45,9 @@ decodeFunctionResult(functionFragment: 'withdrawable', data: BytesLike): Result;
 
   
     export namespace BilledEvent {
-      export type InputTuple = [account: AddressLike, slot: BigNumberish, netWh: BigNumberish, scheduledWh: BigNumberish, amount: BigNumberish, shortfall: BigNumberish];
-      export type OutputTuple = [account: string, slot: bigint, netWh: bigint, scheduledWh: bigint, amount: bigint, shortfall: bigint];
-      export interface OutputObject {account: string, slot: bigint, netWh: bigint, scheduledWh: bigint, amount: bigint, shortfall: bigint };
+      export type InputTuple = [account: AddressLike, slot: BigNumberish, deviationWh: BigNumberish, scheduledEarnings: BigNumberish, amount: BigNumberish, shortfall: BigNumberish];
+      export type OutputTuple = [account: string, slot: bigint, deviationWh: bigint, scheduledEarnings: bigint, amount: bigint, shortfall: bigint];
+      export interface OutputObject {account: string, slot: bigint, deviationWh: bigint, scheduledEarnings: bigint, amount: bigint, shortfall: bigint };
       export type Event = TypedContractEvent<InputTuple, OutputTuple, OutputObject>
       export type Filter = TypedDeferredTopicFilter<Event>
       export type Log = TypedEventLog<Event>
@@ -72,6 +72,18 @@ decodeFunctionResult(functionFragment: 'withdrawable', data: BytesLike): Result;
       export type InputTuple = [account: AddressLike, from: AddressLike, amount: BigNumberish];
       export type OutputTuple = [account: string, from: string, amount: bigint];
       export interface OutputObject {account: string, from: string, amount: bigint };
+      export type Event = TypedContractEvent<InputTuple, OutputTuple, OutputObject>
+      export type Filter = TypedDeferredTopicFilter<Event>
+      export type Log = TypedEventLog<Event>
+      export type LogDescription = TypedLogDescription<Event>
+    }
+
+  
+
+    export namespace MarketsSetEvent {
+      export type InputTuple = [dayAhead: AddressLike, intraday: AddressLike];
+      export type OutputTuple = [dayAhead: string, intraday: string];
+      export interface OutputObject {dayAhead: string, intraday: string };
       export type Event = TypedContractEvent<InputTuple, OutputTuple, OutputObject>
       export type Filter = TypedDeferredTopicFilter<Event>
       export type Log = TypedEventLog<Event>
@@ -108,18 +120,6 @@ decodeFunctionResult(functionFragment: 'withdrawable', data: BytesLike): Result;
       export type InputTuple = [slot: BigNumberish, market: AddressLike, amount: BigNumberish];
       export type OutputTuple = [slot: bigint, market: string, amount: bigint];
       export interface OutputObject {slot: bigint, market: string, amount: bigint };
-      export type Event = TypedContractEvent<InputTuple, OutputTuple, OutputObject>
-      export type Filter = TypedDeferredTopicFilter<Event>
-      export type Log = TypedEventLog<Event>
-      export type LogDescription = TypedLogDescription<Event>
-    }
-
-  
-
-    export namespace ScheduleSourceSetEvent {
-      export type InputTuple = [source: AddressLike];
-      export type OutputTuple = [source: string];
-      export interface OutputObject {source: string };
       export type Event = TypedContractEvent<InputTuple, OutputTuple, OutputObject>
       export type Filter = TypedDeferredTopicFilter<Event>
       export type Log = TypedEventLog<Event>
@@ -321,17 +321,17 @@ getFunction(nameOrSignature: 'withdrawable'): TypedContractMethod<
     getEvent(key: 'Billed'): TypedContractEvent<BilledEvent.InputTuple, BilledEvent.OutputTuple, BilledEvent.OutputObject>;
 getEvent(key: 'DebtRepaid'): TypedContractEvent<DebtRepaidEvent.InputTuple, DebtRepaidEvent.OutputTuple, DebtRepaidEvent.OutputObject>;
 getEvent(key: 'Deposited'): TypedContractEvent<DepositedEvent.InputTuple, DepositedEvent.OutputTuple, DepositedEvent.OutputObject>;
+getEvent(key: 'MarketsSet'): TypedContractEvent<MarketsSetEvent.InputTuple, MarketsSetEvent.OutputTuple, MarketsSetEvent.OutputObject>;
 getEvent(key: 'ParticipantInDebt'): TypedContractEvent<ParticipantInDebtEvent.InputTuple, ParticipantInDebtEvent.OutputTuple, ParticipantInDebtEvent.OutputObject>;
 getEvent(key: 'PricesSet'): TypedContractEvent<PricesSetEvent.InputTuple, PricesSetEvent.OutputTuple, PricesSetEvent.OutputObject>;
 getEvent(key: 'SchedulePaid'): TypedContractEvent<SchedulePaidEvent.InputTuple, SchedulePaidEvent.OutputTuple, SchedulePaidEvent.OutputObject>;
-getEvent(key: 'ScheduleSourceSet'): TypedContractEvent<ScheduleSourceSetEvent.InputTuple, ScheduleSourceSetEvent.OutputTuple, ScheduleSourceSetEvent.OutputObject>;
 getEvent(key: 'SlotClosed'): TypedContractEvent<SlotClosedEvent.InputTuple, SlotClosedEvent.OutputTuple, SlotClosedEvent.OutputObject>;
 getEvent(key: 'SlotPriced'): TypedContractEvent<SlotPricedEvent.InputTuple, SlotPricedEvent.OutputTuple, SlotPricedEvent.OutputObject>;
 getEvent(key: 'Withdrawn'): TypedContractEvent<WithdrawnEvent.InputTuple, WithdrawnEvent.OutputTuple, WithdrawnEvent.OutputObject>;
 
     filters: {
       
-      'Billed(address,uint32,int256,int256,int256,uint256)': TypedContractEvent<BilledEvent.InputTuple, BilledEvent.OutputTuple, BilledEvent.OutputObject>;
+      'Billed(address,uint32,int256,uint256,int256,uint256)': TypedContractEvent<BilledEvent.InputTuple, BilledEvent.OutputTuple, BilledEvent.OutputObject>;
       Billed: TypedContractEvent<BilledEvent.InputTuple, BilledEvent.OutputTuple, BilledEvent.OutputObject>;
     
 
@@ -341,6 +341,10 @@ getEvent(key: 'Withdrawn'): TypedContractEvent<WithdrawnEvent.InputTuple, Withdr
 
       'Deposited(address,address,uint256)': TypedContractEvent<DepositedEvent.InputTuple, DepositedEvent.OutputTuple, DepositedEvent.OutputObject>;
       Deposited: TypedContractEvent<DepositedEvent.InputTuple, DepositedEvent.OutputTuple, DepositedEvent.OutputObject>;
+    
+
+      'MarketsSet(address,address)': TypedContractEvent<MarketsSetEvent.InputTuple, MarketsSetEvent.OutputTuple, MarketsSetEvent.OutputObject>;
+      MarketsSet: TypedContractEvent<MarketsSetEvent.InputTuple, MarketsSetEvent.OutputTuple, MarketsSetEvent.OutputObject>;
     
 
       'ParticipantInDebt(address,uint32,uint256,uint256)': TypedContractEvent<ParticipantInDebtEvent.InputTuple, ParticipantInDebtEvent.OutputTuple, ParticipantInDebtEvent.OutputObject>;
@@ -353,10 +357,6 @@ getEvent(key: 'Withdrawn'): TypedContractEvent<WithdrawnEvent.InputTuple, Withdr
 
       'SchedulePaid(uint32,address,uint256)': TypedContractEvent<SchedulePaidEvent.InputTuple, SchedulePaidEvent.OutputTuple, SchedulePaidEvent.OutputObject>;
       SchedulePaid: TypedContractEvent<SchedulePaidEvent.InputTuple, SchedulePaidEvent.OutputTuple, SchedulePaidEvent.OutputObject>;
-    
-
-      'ScheduleSourceSet(address)': TypedContractEvent<ScheduleSourceSetEvent.InputTuple, ScheduleSourceSetEvent.OutputTuple, ScheduleSourceSetEvent.OutputObject>;
-      ScheduleSourceSet: TypedContractEvent<ScheduleSourceSetEvent.InputTuple, ScheduleSourceSetEvent.OutputTuple, ScheduleSourceSetEvent.OutputObject>;
     
 
       'SlotClosed(uint32,uint256,uint256,uint256,int256)': TypedContractEvent<SlotClosedEvent.InputTuple, SlotClosedEvent.OutputTuple, SlotClosedEvent.OutputObject>;

@@ -6,14 +6,14 @@ import type { TypedContractEvent, TypedDeferredTopicFilter, TypedEventLog, Typed
   
 export declare namespace ISettlement {
       
-    export type AccountViewStruct = {lastSlot: BigNumberish, billed: boolean, importWh: BigNumberish, exportWh: BigNumberish, slotNetWh: BigNumberish, scheduledWh: BigNumberish, deposit: BigNumberish, debt: BigNumberish}
+    export type AccountViewStruct = {lastSlot: BigNumberish, billed: boolean, importWh: BigNumberish, exportWh: BigNumberish, deviationWh: BigNumberish, earned: BigNumberish, deposit: BigNumberish, debt: BigNumberish}
 
-    export type AccountViewStructOutput = [lastSlot: bigint, billed: boolean, importWh: bigint, exportWh: bigint, slotNetWh: bigint, scheduledWh: bigint, deposit: bigint, debt: bigint] & {lastSlot: bigint, billed: boolean, importWh: bigint, exportWh: bigint, slotNetWh: bigint, scheduledWh: bigint, deposit: bigint, debt: bigint }
+    export type AccountViewStructOutput = [lastSlot: bigint, billed: boolean, importWh: bigint, exportWh: bigint, deviationWh: bigint, earned: bigint, deposit: bigint, debt: bigint] & {lastSlot: bigint, billed: boolean, importWh: bigint, exportWh: bigint, deviationWh: bigint, earned: bigint, deposit: bigint, debt: bigint }
   
 
-    export type SlotViewStruct = {demandWh: BigNumberish, supplyWh: BigNumberish, localWh: BigNumberish, readings: BigNumberish, billed: BigNumberish, priced: boolean, closed: boolean, scheduledPrice: BigNumberish, price: BigNumberish, feedInPrice: BigNumberish, retailPrice: BigNumberish, pool: BigNumberish}
+    export type SlotViewStruct = {demandWh: BigNumberish, supplyWh: BigNumberish, localWh: BigNumberish, readings: BigNumberish, billed: BigNumberish, priced: boolean, closed: boolean, price: BigNumberish, feedInPrice: BigNumberish, retailPrice: BigNumberish, pool: BigNumberish, upWh: BigNumberish, downWh: BigNumberish, upPrice: BigNumberish, downPrice: BigNumberish}
 
-    export type SlotViewStructOutput = [demandWh: bigint, supplyWh: bigint, localWh: bigint, readings: bigint, billed: bigint, priced: boolean, closed: boolean, scheduledPrice: bigint, price: bigint, feedInPrice: bigint, retailPrice: bigint, pool: bigint] & {demandWh: bigint, supplyWh: bigint, localWh: bigint, readings: bigint, billed: bigint, priced: boolean, closed: boolean, scheduledPrice: bigint, price: bigint, feedInPrice: bigint, retailPrice: bigint, pool: bigint }
+    export type SlotViewStructOutput = [demandWh: bigint, supplyWh: bigint, localWh: bigint, readings: bigint, billed: bigint, priced: boolean, closed: boolean, price: bigint, feedInPrice: bigint, retailPrice: bigint, pool: bigint, upWh: bigint, downWh: bigint, upPrice: bigint, downPrice: bigint] & {demandWh: bigint, supplyWh: bigint, localWh: bigint, readings: bigint, billed: bigint, priced: boolean, closed: boolean, price: bigint, feedInPrice: bigint, retailPrice: bigint, pool: bigint, upWh: bigint, downWh: bigint, upPrice: bigint, downPrice: bigint }
   
     }
 
@@ -31,17 +31,19 @@ export declare namespace IMeterLedger {
     }
 
   export interface SettlementInterface extends Interface {
-    getFunction(nameOrSignature: "DEFAULT_ADMIN_ROLE" | "MARKET_ROLE" | "MASTER_ROLE" | "REGULATOR_ROLE" | "accountState" | "badDebt" | "currentSlot" | "deposit" | "depositFor" | "depositWithPermit" | "eip712Domain" | "feedInPrice" | "getRoleAdmin" | "grantRole" | "hasRole" | "lastReading" | "openPool" | "readingDeadline" | "readingDigest" | "readingWindow" | "recordSchedulePayment" | "registry" | "renounceRole" | "requestReadings" | "retailPrice" | "revokeRole" | "scheduleSource" | "setPrices" | "setScheduleSource" | "settle" | "slotSeconds" | "slotState" | "submitReading" | "submitReadings" | "supportsInterface" | "token" | "totalDeposits" | "withdraw" | "withdrawable"): FunctionFragment;
+    getFunction(nameOrSignature: "DEFAULT_ADMIN_ROLE" | "MARKET_ROLE" | "MASTER_ROLE" | "MAX_SCHEDULE_GAP" | "REGULATOR_ROLE" | "accountState" | "badDebt" | "currentSlot" | "dayAheadMarket" | "deposit" | "depositFor" | "depositWithPermit" | "eip712Domain" | "feedInPrice" | "getRoleAdmin" | "grantRole" | "hasRole" | "intradayMarket" | "lastReading" | "openPool" | "readingDeadline" | "readingDigest" | "readingWindow" | "recordSchedulePayment" | "registry" | "renounceRole" | "requestReadings" | "retailPrice" | "revokeRole" | "setMarkets" | "setPrices" | "setScheduleSource" | "settle" | "slotSeconds" | "slotState" | "submitReading" | "submitReadings" | "supportsInterface" | "token" | "totalDeposits" | "withdraw" | "withdrawable"): FunctionFragment;
 
-    getEvent(nameOrSignatureOrTopic: "Billed" | "DebtRepaid" | "Deposited" | "EIP712DomainChanged" | "ParticipantInDebt" | "PricesSet" | "ReadingRecorded" | "ReadingsRequested" | "RoleAdminChanged" | "RoleGranted" | "RoleRevoked" | "SchedulePaid" | "ScheduleSourceSet" | "SlotClosed" | "SlotPriced" | "Withdrawn"): EventFragment;
+    getEvent(nameOrSignatureOrTopic: "Billed" | "DebtRepaid" | "Deposited" | "EIP712DomainChanged" | "MarketsSet" | "ParticipantInDebt" | "PricesSet" | "ReadingRecorded" | "ReadingsRequested" | "RoleAdminChanged" | "RoleGranted" | "RoleRevoked" | "SchedulePaid" | "SlotClosed" | "SlotPriced" | "Withdrawn"): EventFragment;
 
     encodeFunctionData(functionFragment: 'DEFAULT_ADMIN_ROLE', values?: undefined): string;
 encodeFunctionData(functionFragment: 'MARKET_ROLE', values?: undefined): string;
 encodeFunctionData(functionFragment: 'MASTER_ROLE', values?: undefined): string;
+encodeFunctionData(functionFragment: 'MAX_SCHEDULE_GAP', values?: undefined): string;
 encodeFunctionData(functionFragment: 'REGULATOR_ROLE', values?: undefined): string;
 encodeFunctionData(functionFragment: 'accountState', values: [AddressLike]): string;
 encodeFunctionData(functionFragment: 'badDebt', values?: undefined): string;
 encodeFunctionData(functionFragment: 'currentSlot', values?: undefined): string;
+encodeFunctionData(functionFragment: 'dayAheadMarket', values?: undefined): string;
 encodeFunctionData(functionFragment: 'deposit', values: [BigNumberish]): string;
 encodeFunctionData(functionFragment: 'depositFor', values: [AddressLike, BigNumberish]): string;
 encodeFunctionData(functionFragment: 'depositWithPermit', values: [BigNumberish, BigNumberish, BigNumberish, BytesLike, BytesLike]): string;
@@ -50,6 +52,7 @@ encodeFunctionData(functionFragment: 'feedInPrice', values?: undefined): string;
 encodeFunctionData(functionFragment: 'getRoleAdmin', values: [BytesLike]): string;
 encodeFunctionData(functionFragment: 'grantRole', values: [BytesLike, AddressLike]): string;
 encodeFunctionData(functionFragment: 'hasRole', values: [BytesLike, AddressLike]): string;
+encodeFunctionData(functionFragment: 'intradayMarket', values?: undefined): string;
 encodeFunctionData(functionFragment: 'lastReading', values: [AddressLike]): string;
 encodeFunctionData(functionFragment: 'openPool', values?: undefined): string;
 encodeFunctionData(functionFragment: 'readingDeadline', values: [BigNumberish]): string;
@@ -61,7 +64,7 @@ encodeFunctionData(functionFragment: 'renounceRole', values: [BytesLike, Address
 encodeFunctionData(functionFragment: 'requestReadings', values: [BigNumberish]): string;
 encodeFunctionData(functionFragment: 'retailPrice', values?: undefined): string;
 encodeFunctionData(functionFragment: 'revokeRole', values: [BytesLike, AddressLike]): string;
-encodeFunctionData(functionFragment: 'scheduleSource', values?: undefined): string;
+encodeFunctionData(functionFragment: 'setMarkets', values: [AddressLike, AddressLike]): string;
 encodeFunctionData(functionFragment: 'setPrices', values: [BigNumberish, BigNumberish]): string;
 encodeFunctionData(functionFragment: 'setScheduleSource', values: [AddressLike]): string;
 encodeFunctionData(functionFragment: 'settle', values: [BigNumberish, AddressLike[]]): string;
@@ -78,10 +81,12 @@ encodeFunctionData(functionFragment: 'withdrawable', values: [AddressLike]): str
     decodeFunctionResult(functionFragment: 'DEFAULT_ADMIN_ROLE', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'MARKET_ROLE', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'MASTER_ROLE', data: BytesLike): Result;
+decodeFunctionResult(functionFragment: 'MAX_SCHEDULE_GAP', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'REGULATOR_ROLE', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'accountState', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'badDebt', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'currentSlot', data: BytesLike): Result;
+decodeFunctionResult(functionFragment: 'dayAheadMarket', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'deposit', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'depositFor', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'depositWithPermit', data: BytesLike): Result;
@@ -90,6 +95,7 @@ decodeFunctionResult(functionFragment: 'feedInPrice', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'getRoleAdmin', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'grantRole', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'hasRole', data: BytesLike): Result;
+decodeFunctionResult(functionFragment: 'intradayMarket', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'lastReading', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'openPool', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'readingDeadline', data: BytesLike): Result;
@@ -101,7 +107,7 @@ decodeFunctionResult(functionFragment: 'renounceRole', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'requestReadings', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'retailPrice', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'revokeRole', data: BytesLike): Result;
-decodeFunctionResult(functionFragment: 'scheduleSource', data: BytesLike): Result;
+decodeFunctionResult(functionFragment: 'setMarkets', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'setPrices', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'setScheduleSource', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'settle', data: BytesLike): Result;
@@ -118,9 +124,9 @@ decodeFunctionResult(functionFragment: 'withdrawable', data: BytesLike): Result;
 
   
     export namespace BilledEvent {
-      export type InputTuple = [account: AddressLike, slot: BigNumberish, netWh: BigNumberish, scheduledWh: BigNumberish, amount: BigNumberish, shortfall: BigNumberish];
-      export type OutputTuple = [account: string, slot: bigint, netWh: bigint, scheduledWh: bigint, amount: bigint, shortfall: bigint];
-      export interface OutputObject {account: string, slot: bigint, netWh: bigint, scheduledWh: bigint, amount: bigint, shortfall: bigint };
+      export type InputTuple = [account: AddressLike, slot: BigNumberish, deviationWh: BigNumberish, scheduledEarnings: BigNumberish, amount: BigNumberish, shortfall: BigNumberish];
+      export type OutputTuple = [account: string, slot: bigint, deviationWh: bigint, scheduledEarnings: bigint, amount: bigint, shortfall: bigint];
+      export interface OutputObject {account: string, slot: bigint, deviationWh: bigint, scheduledEarnings: bigint, amount: bigint, shortfall: bigint };
       export type Event = TypedContractEvent<InputTuple, OutputTuple, OutputObject>
       export type Filter = TypedDeferredTopicFilter<Event>
       export type Log = TypedEventLog<Event>
@@ -157,6 +163,18 @@ decodeFunctionResult(functionFragment: 'withdrawable', data: BytesLike): Result;
       export type InputTuple = [];
       export type OutputTuple = [];
       export interface OutputObject {};
+      export type Event = TypedContractEvent<InputTuple, OutputTuple, OutputObject>
+      export type Filter = TypedDeferredTopicFilter<Event>
+      export type Log = TypedEventLog<Event>
+      export type LogDescription = TypedLogDescription<Event>
+    }
+
+  
+
+    export namespace MarketsSetEvent {
+      export type InputTuple = [dayAhead: AddressLike, intraday: AddressLike];
+      export type OutputTuple = [dayAhead: string, intraday: string];
+      export interface OutputObject {dayAhead: string, intraday: string };
       export type Event = TypedContractEvent<InputTuple, OutputTuple, OutputObject>
       export type Filter = TypedDeferredTopicFilter<Event>
       export type Log = TypedEventLog<Event>
@@ -261,18 +279,6 @@ decodeFunctionResult(functionFragment: 'withdrawable', data: BytesLike): Result;
 
   
 
-    export namespace ScheduleSourceSetEvent {
-      export type InputTuple = [source: AddressLike];
-      export type OutputTuple = [source: string];
-      export interface OutputObject {source: string };
-      export type Event = TypedContractEvent<InputTuple, OutputTuple, OutputObject>
-      export type Filter = TypedDeferredTopicFilter<Event>
-      export type Log = TypedEventLog<Event>
-      export type LogDescription = TypedLogDescription<Event>
-    }
-
-  
-
     export namespace SlotClosedEvent {
       export type InputTuple = [slot: BigNumberish, localWh: BigNumberish, slackSuppliedWh: BigNumberish, slackAbsorbedWh: BigNumberish, slackAmount: BigNumberish];
       export type OutputTuple = [slot: bigint, localWh: bigint, slackSuppliedWh: bigint, slackAbsorbedWh: bigint, slackAmount: bigint];
@@ -367,6 +373,14 @@ decodeFunctionResult(functionFragment: 'withdrawable', data: BytesLike): Result;
     
 
     
+    MAX_SCHEDULE_GAP: TypedContractMethod<
+      [],
+      [bigint],
+      'view'
+    >
+    
+
+    
     REGULATOR_ROLE: TypedContractMethod<
       [],
       [string],
@@ -394,6 +408,14 @@ decodeFunctionResult(functionFragment: 'withdrawable', data: BytesLike): Result;
     currentSlot: TypedContractMethod<
       [],
       [bigint],
+      'view'
+    >
+    
+
+    
+    dayAheadMarket: TypedContractMethod<
+      [],
+      [string],
       'view'
     >
     
@@ -458,6 +480,14 @@ decodeFunctionResult(functionFragment: 'withdrawable', data: BytesLike): Result;
     hasRole: TypedContractMethod<
       [role: BytesLike, account: AddressLike, ],
       [boolean],
+      'view'
+    >
+    
+
+    
+    intradayMarket: TypedContractMethod<
+      [],
+      [string],
       'view'
     >
     
@@ -551,10 +581,10 @@ decodeFunctionResult(functionFragment: 'withdrawable', data: BytesLike): Result;
     
 
     
-    scheduleSource: TypedContractMethod<
-      [],
-      [string],
-      'view'
+    setMarkets: TypedContractMethod<
+      [dayAhead: AddressLike, intraday: AddressLike, ],
+      [void],
+      'nonpayable'
     >
     
 
@@ -568,7 +598,7 @@ decodeFunctionResult(functionFragment: 'withdrawable', data: BytesLike): Result;
 
     
     setScheduleSource: TypedContractMethod<
-      [source: AddressLike, ],
+      [dayAhead: AddressLike, ],
       [void],
       'nonpayable'
     >
@@ -672,6 +702,11 @@ getFunction(nameOrSignature: 'MASTER_ROLE'): TypedContractMethod<
       [string],
       'view'
     >;
+getFunction(nameOrSignature: 'MAX_SCHEDULE_GAP'): TypedContractMethod<
+      [],
+      [bigint],
+      'view'
+    >;
 getFunction(nameOrSignature: 'REGULATOR_ROLE'): TypedContractMethod<
       [],
       [string],
@@ -690,6 +725,11 @@ getFunction(nameOrSignature: 'badDebt'): TypedContractMethod<
 getFunction(nameOrSignature: 'currentSlot'): TypedContractMethod<
       [],
       [bigint],
+      'view'
+    >;
+getFunction(nameOrSignature: 'dayAheadMarket'): TypedContractMethod<
+      [],
+      [string],
       'view'
     >;
 getFunction(nameOrSignature: 'deposit'): TypedContractMethod<
@@ -730,6 +770,11 @@ getFunction(nameOrSignature: 'grantRole'): TypedContractMethod<
 getFunction(nameOrSignature: 'hasRole'): TypedContractMethod<
       [role: BytesLike, account: AddressLike, ],
       [boolean],
+      'view'
+    >;
+getFunction(nameOrSignature: 'intradayMarket'): TypedContractMethod<
+      [],
+      [string],
       'view'
     >;
 getFunction(nameOrSignature: 'lastReading'): TypedContractMethod<
@@ -787,10 +832,10 @@ getFunction(nameOrSignature: 'revokeRole'): TypedContractMethod<
       [void],
       'nonpayable'
     >;
-getFunction(nameOrSignature: 'scheduleSource'): TypedContractMethod<
-      [],
-      [string],
-      'view'
+getFunction(nameOrSignature: 'setMarkets'): TypedContractMethod<
+      [dayAhead: AddressLike, intraday: AddressLike, ],
+      [void],
+      'nonpayable'
     >;
 getFunction(nameOrSignature: 'setPrices'): TypedContractMethod<
       [feedInPrice_: BigNumberish, retailPrice_: BigNumberish, ],
@@ -798,7 +843,7 @@ getFunction(nameOrSignature: 'setPrices'): TypedContractMethod<
       'nonpayable'
     >;
 getFunction(nameOrSignature: 'setScheduleSource'): TypedContractMethod<
-      [source: AddressLike, ],
+      [dayAhead: AddressLike, ],
       [void],
       'nonpayable'
     >;
@@ -857,6 +902,7 @@ getFunction(nameOrSignature: 'withdrawable'): TypedContractMethod<
 getEvent(key: 'DebtRepaid'): TypedContractEvent<DebtRepaidEvent.InputTuple, DebtRepaidEvent.OutputTuple, DebtRepaidEvent.OutputObject>;
 getEvent(key: 'Deposited'): TypedContractEvent<DepositedEvent.InputTuple, DepositedEvent.OutputTuple, DepositedEvent.OutputObject>;
 getEvent(key: 'EIP712DomainChanged'): TypedContractEvent<EIP712DomainChangedEvent.InputTuple, EIP712DomainChangedEvent.OutputTuple, EIP712DomainChangedEvent.OutputObject>;
+getEvent(key: 'MarketsSet'): TypedContractEvent<MarketsSetEvent.InputTuple, MarketsSetEvent.OutputTuple, MarketsSetEvent.OutputObject>;
 getEvent(key: 'ParticipantInDebt'): TypedContractEvent<ParticipantInDebtEvent.InputTuple, ParticipantInDebtEvent.OutputTuple, ParticipantInDebtEvent.OutputObject>;
 getEvent(key: 'PricesSet'): TypedContractEvent<PricesSetEvent.InputTuple, PricesSetEvent.OutputTuple, PricesSetEvent.OutputObject>;
 getEvent(key: 'ReadingRecorded'): TypedContractEvent<ReadingRecordedEvent.InputTuple, ReadingRecordedEvent.OutputTuple, ReadingRecordedEvent.OutputObject>;
@@ -865,14 +911,13 @@ getEvent(key: 'RoleAdminChanged'): TypedContractEvent<RoleAdminChangedEvent.Inpu
 getEvent(key: 'RoleGranted'): TypedContractEvent<RoleGrantedEvent.InputTuple, RoleGrantedEvent.OutputTuple, RoleGrantedEvent.OutputObject>;
 getEvent(key: 'RoleRevoked'): TypedContractEvent<RoleRevokedEvent.InputTuple, RoleRevokedEvent.OutputTuple, RoleRevokedEvent.OutputObject>;
 getEvent(key: 'SchedulePaid'): TypedContractEvent<SchedulePaidEvent.InputTuple, SchedulePaidEvent.OutputTuple, SchedulePaidEvent.OutputObject>;
-getEvent(key: 'ScheduleSourceSet'): TypedContractEvent<ScheduleSourceSetEvent.InputTuple, ScheduleSourceSetEvent.OutputTuple, ScheduleSourceSetEvent.OutputObject>;
 getEvent(key: 'SlotClosed'): TypedContractEvent<SlotClosedEvent.InputTuple, SlotClosedEvent.OutputTuple, SlotClosedEvent.OutputObject>;
 getEvent(key: 'SlotPriced'): TypedContractEvent<SlotPricedEvent.InputTuple, SlotPricedEvent.OutputTuple, SlotPricedEvent.OutputObject>;
 getEvent(key: 'Withdrawn'): TypedContractEvent<WithdrawnEvent.InputTuple, WithdrawnEvent.OutputTuple, WithdrawnEvent.OutputObject>;
 
     filters: {
       
-      'Billed(address,uint32,int256,int256,int256,uint256)': TypedContractEvent<BilledEvent.InputTuple, BilledEvent.OutputTuple, BilledEvent.OutputObject>;
+      'Billed(address,uint32,int256,uint256,int256,uint256)': TypedContractEvent<BilledEvent.InputTuple, BilledEvent.OutputTuple, BilledEvent.OutputObject>;
       Billed: TypedContractEvent<BilledEvent.InputTuple, BilledEvent.OutputTuple, BilledEvent.OutputObject>;
     
 
@@ -886,6 +931,10 @@ getEvent(key: 'Withdrawn'): TypedContractEvent<WithdrawnEvent.InputTuple, Withdr
 
       'EIP712DomainChanged()': TypedContractEvent<EIP712DomainChangedEvent.InputTuple, EIP712DomainChangedEvent.OutputTuple, EIP712DomainChangedEvent.OutputObject>;
       EIP712DomainChanged: TypedContractEvent<EIP712DomainChangedEvent.InputTuple, EIP712DomainChangedEvent.OutputTuple, EIP712DomainChangedEvent.OutputObject>;
+    
+
+      'MarketsSet(address,address)': TypedContractEvent<MarketsSetEvent.InputTuple, MarketsSetEvent.OutputTuple, MarketsSetEvent.OutputObject>;
+      MarketsSet: TypedContractEvent<MarketsSetEvent.InputTuple, MarketsSetEvent.OutputTuple, MarketsSetEvent.OutputObject>;
     
 
       'ParticipantInDebt(address,uint32,uint256,uint256)': TypedContractEvent<ParticipantInDebtEvent.InputTuple, ParticipantInDebtEvent.OutputTuple, ParticipantInDebtEvent.OutputObject>;
@@ -918,10 +967,6 @@ getEvent(key: 'Withdrawn'): TypedContractEvent<WithdrawnEvent.InputTuple, Withdr
 
       'SchedulePaid(uint32,address,uint256)': TypedContractEvent<SchedulePaidEvent.InputTuple, SchedulePaidEvent.OutputTuple, SchedulePaidEvent.OutputObject>;
       SchedulePaid: TypedContractEvent<SchedulePaidEvent.InputTuple, SchedulePaidEvent.OutputTuple, SchedulePaidEvent.OutputObject>;
-    
-
-      'ScheduleSourceSet(address)': TypedContractEvent<ScheduleSourceSetEvent.InputTuple, ScheduleSourceSetEvent.OutputTuple, ScheduleSourceSetEvent.OutputObject>;
-      ScheduleSourceSet: TypedContractEvent<ScheduleSourceSetEvent.InputTuple, ScheduleSourceSetEvent.OutputTuple, ScheduleSourceSetEvent.OutputObject>;
     
 
       'SlotClosed(uint32,uint256,uint256,uint256,int256)': TypedContractEvent<SlotClosedEvent.InputTuple, SlotClosedEvent.OutputTuple, SlotClosedEvent.OutputObject>;

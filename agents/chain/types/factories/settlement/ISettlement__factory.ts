@@ -125,14 +125,14 @@
       {
         "indexed": false,
         "internalType": "int256",
-        "name": "netWh",
+        "name": "deviationWh",
         "type": "int256"
       },
       {
         "indexed": false,
-        "internalType": "int256",
-        "name": "scheduledWh",
-        "type": "int256"
+        "internalType": "uint256",
+        "name": "scheduledEarnings",
+        "type": "uint256"
       },
       {
         "indexed": false,
@@ -198,6 +198,25 @@
       }
     ],
     "name": "Deposited",
+    "type": "event"
+  },
+  {
+    "anonymous": false,
+    "inputs": [
+      {
+        "indexed": true,
+        "internalType": "address",
+        "name": "dayAhead",
+        "type": "address"
+      },
+      {
+        "indexed": true,
+        "internalType": "address",
+        "name": "intraday",
+        "type": "address"
+      }
+    ],
+    "name": "MarketsSet",
     "type": "event"
   },
   {
@@ -273,19 +292,6 @@
       }
     ],
     "name": "SchedulePaid",
-    "type": "event"
-  },
-  {
-    "anonymous": false,
-    "inputs": [
-      {
-        "indexed": true,
-        "internalType": "address",
-        "name": "source",
-        "type": "address"
-      }
-    ],
-    "name": "ScheduleSourceSet",
     "type": "event"
   },
   {
@@ -408,14 +414,14 @@
             "type": "uint64"
           },
           {
-            "internalType": "int32",
-            "name": "slotNetWh",
-            "type": "int32"
+            "internalType": "int64",
+            "name": "deviationWh",
+            "type": "int64"
           },
           {
-            "internalType": "int32",
-            "name": "scheduledWh",
-            "type": "int32"
+            "internalType": "uint256",
+            "name": "earned",
+            "type": "uint256"
           },
           {
             "internalType": "uint256",
@@ -585,11 +591,6 @@
           },
           {
             "internalType": "uint64",
-            "name": "scheduledPrice",
-            "type": "uint64"
-          },
-          {
-            "internalType": "uint64",
             "name": "price",
             "type": "uint64"
           },
@@ -607,6 +608,26 @@
             "internalType": "int256",
             "name": "pool",
             "type": "int256"
+          },
+          {
+            "internalType": "uint64",
+            "name": "upWh",
+            "type": "uint64"
+          },
+          {
+            "internalType": "uint64",
+            "name": "downWh",
+            "type": "uint64"
+          },
+          {
+            "internalType": "uint64",
+            "name": "upPrice",
+            "type": "uint64"
+          },
+          {
+            "internalType": "uint64",
+            "name": "downPrice",
+            "type": "uint64"
           }
         ],
         "internalType": "struct ISettlement.SlotView",
