@@ -4,7 +4,6 @@ pragma solidity ^0.8.28;
 import {EnergyToken} from "../token/EnergyToken.sol";
 import {IParticipantRegistry} from "../registry/IParticipantRegistry.sol";
 import {ParticipantRegistry} from "../registry/ParticipantRegistry.sol";
-import {IScheduleSource} from "../settlement/IScheduleSink.sol";
 import {Settlement} from "../settlement/Settlement.sol";
 import {IDayAheadMarket} from "./IDayAheadMarket.sol";
 import {DayAheadMarket} from "./DayAheadMarket.sol";
@@ -50,7 +49,7 @@ abstract contract DayAheadTestBase {
         registry = new ParticipantRegistry(address(this));
         settlement = new Settlement(token, registry, address(this), SLOT_SECONDS, 300, FLOOR, CAP);
         market = new DayAheadMarket(token, registry, settlement, address(this), SLOT_SECONDS, GATE_LEAD, FLOOR, CAP);
-        settlement.setScheduleSource(IScheduleSource(address(market)));
+        _connectToSettlement();
         for (uint256 i = 0; i < N; ++i) {
             traders[i] = address(uint160(0xDA0000 + i));
             registry.register(
@@ -66,6 +65,17 @@ abstract contract DayAheadTestBase {
             token.approve(address(market), type(uint256).max);
         }
         firstSlot = uint32((START / 1 days + 2) * (1 days / SLOT_SECONDS) + 40);
+    }
+
+    /// @dev Makes the market the settlement's schedule source (with MARKET_ROLE): setMarkets(market,
+    /// no intraday market), or setScheduleSource(market) on a settlement that has that instead.
+    function _connectToSettlement() internal {
+        (bool ok,) = address(settlement).call(abi.encodeWithSignature("setMarkets(address,address)", address(market), address(0)));
+        if (!ok) {
+            (ok,) = address(settlement).call(abi.encodeWithSignature("setScheduleSource(address)", address(market)));
+        }
+        require(ok, "the settlement took the market neither with setMarkets nor with setScheduleSource");
+        require(settlement.hasRole(settlement.MARKET_ROLE(), address(market)), "the market has no MARKET_ROLE");
     }
 
     function _input(uint256 slotK, bool isSell, uint256 qty, uint256 price)

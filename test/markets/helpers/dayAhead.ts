@@ -1,7 +1,7 @@
 import type { HardhatEthers, HardhatEthersSigner } from "@nomicfoundation/hardhat-ethers/types";
 import type { NetworkHelpers } from "@nomicfoundation/hardhat-network-helpers/types";
 import { expect } from "chai";
-import { MaxUint256, type ContractTransactionReceipt, type Interface, type LogDescription } from "ethers";
+import { MaxUint256, ZeroAddress, type ContractTransactionReceipt, type Interface, type LogDescription } from "ethers";
 import type { DayAheadMarket } from "../../../agents/chain/types/index.js";
 import { escrowOf } from "../../../agents/markets/dayAheadClearing.js";
 import { deployMarket, FEED_IN, RETAIL, type Market, type MarketOptions } from "../../contracts/helpers/market.js";
@@ -119,12 +119,24 @@ export async function deployDayAhead(ethers: HardhatEthers, helpers: NetworkHelp
     options.cap ?? CAP,
   ]);
   const address = await dayAhead.getAddress();
-  await market.settlement.connect(market.admin).setScheduleSource(address);
+  await connectToSettlement(market, address);
   for (const spec of options.participants) {
     if (options.noApproval?.includes(spec.name)) continue;
     await market.token.connect(market.p(spec.name).signer).approve(address, MaxUint256);
   }
   return new DayAhead(market, dayAhead, address);
+}
+
+/**
+ * Makes `dayAhead` the settlement's day-ahead market (its schedule source, with MARKET_ROLE to pay
+ * schedules into slots' pools): setScheduleSource(dayAhead), or setMarkets(dayAhead, no intraday
+ * market) where the settlement has that instead.
+ */
+async function connectToSettlement(market: Market, dayAhead: string): Promise<void> {
+  const settlement = market.settlement.connect(market.admin);
+  const fragment = (settlement.interface as Interface).getFunction("setMarkets(address,address)");
+  if (fragment !== null) await settlement.getFunction("setMarkets(address,address)")(dayAhead, ZeroAddress);
+  else await settlement.getFunction("setScheduleSource(address)")(dayAhead);
 }
 
 /** Events named `name` that `contract` (at `address`) emitted in `receipt`. */
