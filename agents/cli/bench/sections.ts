@@ -1,3 +1,4 @@
+import { dayAheadSection } from "./dayahead.js";
 import { foundationSection } from "./foundation.js";
 import type { BenchSection } from "./types.js";
 
@@ -5,4 +6,4 @@ import type { BenchSection } from "./types.js";
  * Every benchmark section, run in this order by `npm run bench`. Add yours here (metering,
  * day-ahead clearing, balancing, settlement ...): one BenchSection in its own file.
  */
-export const SECTIONS: readonly BenchSection[] = [foundationSection];
+export const SECTIONS: readonly BenchSection[] = [foundationSection, dayAheadSection];
