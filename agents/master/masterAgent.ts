@@ -1,9 +1,10 @@
 import { slotAt, slotStartMs, type Clock } from "../clock.js";
 import type { SignedReading } from "../chain/readings.js";
-import type { DayAheadMarket, ParticipantRegistry, Settlement } from "../chain/types/index.js";
+import type { DayAheadMarket, IntradayMarket, ParticipantRegistry, Settlement } from "../chain/types/index.js";
 import type { Logger } from "../log.js";
 import { shortError } from "../meter-agent/meterAgent.js";
 import type { JsonStore } from "../meter-agent/store.js";
+import type { BalancingClearer } from "./balancingClearer.js";
 import type { DayAheadClearer } from "./dayAheadClearer.js";
 import type { ReadingInbox } from "./readingInbox.js";
 
@@ -33,6 +34,8 @@ export interface MasterOptions {
   maxCatchUpSlots?: number;
   /** The day-ahead market: cleared at each cycle once gates close, and shown in reports. */
   dayAhead?: { market: DayAheadMarket; clearer: DayAheadClearer } | undefined;
+  /** The balancing market: cleared at each slot's gate closure, and shown in reports. */
+  intraday?: { market: IntradayMarket; clearer: BalancingClearer } | undefined;
 }
 
 /** A participant's bill for a slot, from the Billed event. */
@@ -64,6 +67,10 @@ export interface SlotReport {
   /** The day-ahead result (0 without a market or trade). */
   dayAheadPrice: bigint;
   dayAheadVolumeWh: bigint;
+  /** The balancing market: the imbalance forecast an hour ahead, and the flexibility activated (+ up, - down). */
+  expectedImbalanceWh: bigint;
+  activatedWh: bigint;
+  balancingPrice: bigint;
   bills: Bill[];
 }
 
@@ -132,6 +139,7 @@ export class MasterAgent {
     state.lastHandledSlot = slot;
     await this.o.store.save(state);
     await this.o.dayAhead?.clearer.clearDue(this.o.clock.now());
+    await this.o.intraday?.clearer.clearDue(this.o.clock.now());
     return report;
   }
 
@@ -218,9 +226,10 @@ export class MasterAgent {
     const { settlement } = this.o;
     const latest = await settlement.runner!.provider!.getBlockNumber();
     const from = Math.max(0, latest - (this.o.logLookbackBlocks ?? 5_000));
-    const [view, book, billed, closed, readings] = await Promise.all([
+    const [view, book, balancing, billed, closed, readings] = await Promise.all([
       settlement.slotState(slot),
       this.o.dayAhead?.market.book(slot),
+      this.o.intraday?.market.book(slot),
       settlement.queryFilter(settlement.filters.Billed(undefined, slot), from, latest),
       settlement.queryFilter(settlement.filters.SlotClosed(slot), from, latest),
       settlement.queryFilter(settlement.filters.ReadingRecorded(undefined, slot), from, latest),
@@ -240,6 +249,9 @@ export class MasterAgent {
       slackAmount: close?.slackAmount ?? 0n,
       dayAheadPrice: book?.price ?? 0n,
       dayAheadVolumeWh: book?.volumeWh ?? 0n,
+      expectedImbalanceWh: balancing?.imbalanceWh ?? 0n,
+      activatedWh: balancing === undefined ? 0n : balancing.up ? balancing.activatedWh : -balancing.activatedWh,
+      balancingPrice: balancing?.price ?? 0n,
       bills: billed.map((l) => ({
         account: l.args.account,
         netWh: netOf.get(l.args.account) ?? 0n,

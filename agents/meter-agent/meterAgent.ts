@@ -4,6 +4,7 @@ import { fromJson, readingDomain, signReading, toJson, type SignedReading, type 
 import type { Settlement } from "../chain/types/index.js";
 import type { Logger } from "../log.js";
 import { SLOTS_PER_DAY, type DayAheadTrader, type SlotHistory } from "./dayAheadTrader.js";
+import type { IntradayTrader } from "./intradayTrader.js";
 import type { JsonStore } from "./store.js";
 
 /** What the agent needs of a meter: its cumulative registers, now. */
@@ -49,6 +50,8 @@ export interface MeterAgentOptions {
   masterUrl?: string | undefined;
   /** Day-ahead trading for the household, if it takes part. */
   dayAhead?: DayAheadTrader | undefined;
+  /** Balancing forecasts, flexibility offers and their actuation, if it takes part. */
+  intraday?: IntradayTrader | undefined;
   /** After a slot ends, how long to wait for the master before submitting alone (ms). */
   selfSubmitAfterMs: number;
   /** The latest a poll after a slot's end still counts as that slot's closing reading (ms). */
@@ -73,6 +76,7 @@ export class MeterAgent {
 
   constructor(private readonly o: MeterAgentOptions) {}
 
+
   /** Loads state and the contract's timing; call once before `tick`. */
   async init(): Promise<void> {
     const { settlement } = this.o;
@@ -86,6 +90,7 @@ export class MeterAgent {
     this.readingWindowMs = Number(window) * 1000;
     this.domain = readingDomain(network.chainId, address);
     await this.o.dayAhead?.init();
+    await this.o.intraday?.init();
     this.state = (await this.o.store.load()) ?? {
       lastClosedSlot: slotAt(this.o.clock.now(), this.slotSeconds) - 1,
       lastImportWh: "0",
@@ -113,6 +118,7 @@ export class MeterAgent {
       await this.checkRequests();
       await this.flush();
       await this.tradeDayAhead();
+      await this.o.intraday?.step(this.o.clock.now(), this.mustState().history ?? {});
     });
   }
 
@@ -196,6 +202,12 @@ export class MeterAgent {
     } catch (e) {
       this.o.logger({ level: "warn", msg: "day-ahead orders failed; will retry", firstSlot, error: shortError(e) });
     }
+  }
+
+  /** Takes part in the balancing market from now on. */
+  async enableIntraday(trader: IntradayTrader): Promise<void> {
+    await trader.init();
+    this.o.intraday = trader;
   }
 
   /** The first slot of the last day traded day-ahead, if any. */

@@ -204,6 +204,9 @@ export async function withSimulatedMarket<T>(
       for (let slot = daySlot - 1; slot <= lastSlot; slot++) {
         clock.set(slotStartMs(slot + 1, slotSeconds));
         await setChainTime(provider, clock.now());
+        // Each agent completes a step at this moment (they also run on their own timer): the
+        // slot's reading, its balancing forecasts and offers, its activations.
+        await Promise.all(agents.map((a) => a.tick()));
         record(await master.handleSlotEnd(slot));
       }
       // The last slot has no next reading to bill it: settle it once its window has passed.
