@@ -265,8 +265,8 @@ describe("MeterLedger (through Settlement)", function () {
       expect(state.billed).to.equal(true);
       expect(state.importWh).to.equal(1_234_567n);
       expect(state.exportWh).to.equal(89n);
-      expect(state.slotNetWh).to.equal(0n);
-      expect(state.scheduledWh).to.equal(0n);
+      expect(state.deviationWh).to.equal(0n);
+      expect(state.earned).to.equal(0n);
       expect(state.deposit).to.equal(depositBefore);
       const slotState = await settlement.slotState(slot);
       expect(slotState.readings).to.equal(0n);
@@ -280,7 +280,7 @@ describe("MeterLedger (through Settlement)", function () {
       await expect(next).not.to.emit(settlement, "Billed");
       const after = await settlement.accountState(alice.address);
       expect(after.billed).to.equal(false);
-      expect(after.slotNetWh).to.equal(1_000n);
+      expect(after.deviationWh).to.equal(1_000n);
       expect((await settlement.slotState(slot + 1n)).demandWh).to.equal(1_000n);
       expect((await settlement.slotState(slot + 1n)).readings).to.equal(1n);
     });
@@ -418,9 +418,9 @@ describe("MeterLedger (through Settlement)", function () {
       await expect(market.submit(await market.sign("alice", slot + 1n, MAX_REGISTER - MAX_DELTA + MAX_NET, MAX_REGISTER)))
         .to.emit(settlement, "ReadingRecorded")
         .withArgs(market.p("alice").address, slot + 1n, MAX_REGISTER - MAX_DELTA + MAX_NET, MAX_REGISTER, MAX_NET, 0n);
-      expect((await settlement.accountState(market.p("carol").address)).slotNetWh).to.equal(0n);
-      expect((await settlement.accountState(market.p("bob").address)).slotNetWh).to.equal(MAX_NET);
-      expect((await settlement.accountState(market.p("alice").address)).slotNetWh).to.equal(MAX_NET);
+      expect((await settlement.accountState(market.p("carol").address)).deviationWh).to.equal(0n);
+      expect((await settlement.accountState(market.p("bob").address)).deviationWh).to.equal(MAX_NET);
+      expect((await settlement.accountState(market.p("alice").address)).deviationWh).to.equal(MAX_NET);
       // Beyond 40 bits also after the baseline; one more Wh of net import than int32 holds; the most net export.
       await market.inWindow(slot + 2n);
       await expect(market.submit(await market.sign("alice", slot + 2n, MAX_REGISTER + 1n, MAX_REGISTER)))
@@ -432,7 +432,7 @@ describe("MeterLedger (through Settlement)", function () {
       await expect(market.submit(await market.sign("bob", slot + 2n, MAX_DELTA, MAX_DELTA - MAX_NET - MIN_NET)))
         .to.emit(settlement, "ReadingRecorded")
         .withArgs(market.p("bob").address, slot + 2n, MAX_DELTA, MAX_DELTA - MAX_NET - MIN_NET, 0n, -MIN_NET);
-      expect((await settlement.accountState(market.p("bob").address)).slotNetWh).to.equal(MIN_NET);
+      expect((await settlement.accountState(market.p("bob").address)).deviationWh).to.equal(MIN_NET);
     });
 
     it("absorbs missed slots into the next reading: all the energy goes to the new slot", async function () {

@@ -243,9 +243,9 @@ describe("Settlement", function () {
       await expect(settlement.connect(market.p("alice").signer).deposit(ONE)).to.emit(settlement, "Deposited");
     });
 
-    it("refuses a deposit beyond the 64-bit deposit field (SettlementDepositTooLarge)", async function () {
+    it("refuses a deposit beyond the 48-bit deposit field (SettlementDepositTooLarge)", async function () {
       const { market, settlement, token, a } = await fixture();
-      const huge = 2n ** 64n;
+      const huge = 2n ** 48n;
       await token.mint(a("alice"), huge);
       await expect(settlement.connect(market.p("alice").signer).deposit(huge - DEPOSIT))
         .to.be.revertedWithCustomError(settlement, "SettlementDepositTooLarge")
@@ -538,7 +538,7 @@ describe("Settlement", function () {
       await expect(second).to.changeTokenBalances(ethers, token, [a("bob"), a("slack")], [237_500n, 600_000n]);
       s = await settlement.slotState(T);
       expect([s.billed, s.closed, s.pool]).to.deep.equal([2n, true, 0n]);
-      expect((await settlement.accountState(a("bob"))).slotNetWh).to.equal(-1_400n);
+      expect((await settlement.accountState(a("bob"))).deviationWh).to.equal(-1_400n);
       await market.expectIdentity();
     });
 
@@ -849,24 +849,24 @@ describe("Settlement", function () {
     }
 
     describe("schedule source and schedule payments", function () {
-      it("setScheduleSource is for the admin, moves MARKET_ROLE to the new source and refuses zero", async function () {
+      it("setScheduleSource is for the admin and moves MARKET_ROLE to the new day-ahead market (zero removes it)", async function () {
         const { market, settlement } = await fixture();
         const MARKET_ROLE = await settlement.MARKET_ROLE();
-        expect(await settlement.scheduleSource()).to.equal(ethers.ZeroAddress);
+        expect(await settlement.dayAheadMarket()).to.equal(ethers.ZeroAddress);
+        expect(await settlement.intradayMarket()).to.equal(ethers.ZeroAddress);
         expect(await settlement.hasRole(MARKET_ROLE, market.admin.address)).to.equal(false);
         await expect(settlement.connect(market.outsider).setScheduleSource(market.outsider.address))
           .to.be.revertedWithCustomError(settlement, "AccessControlUnauthorizedAccount")
           .withArgs(market.outsider.address, await settlement.DEFAULT_ADMIN_ROLE());
-        await expect(settlement.setScheduleSource(ethers.ZeroAddress)).to.be.revertedWithCustomError(settlement, "SettlementZeroAddress");
 
         const first = await ethers.deployContract("TestScheduleSource", [await market.token.getAddress(), market.settlementAddress]);
         const second = await ethers.deployContract("TestScheduleSource", [await market.token.getAddress(), market.settlementAddress]);
         await expect(settlement.setScheduleSource(await first.getAddress()))
-          .to.emit(settlement, "ScheduleSourceSet")
-          .withArgs(await first.getAddress());
+          .to.emit(settlement, "MarketsSet")
+          .withArgs(await first.getAddress(), ethers.ZeroAddress);
         expect(await settlement.hasRole(MARKET_ROLE, await first.getAddress())).to.equal(true);
         await settlement.setScheduleSource(await second.getAddress());
-        expect(await settlement.scheduleSource()).to.equal(await second.getAddress());
+        expect(await settlement.dayAheadMarket()).to.equal(await second.getAddress());
         expect(await settlement.hasRole(MARKET_ROLE, await first.getAddress())).to.equal(false);
         expect(await settlement.hasRole(MARKET_ROLE, await second.getAddress())).to.equal(true);
         // The replaced source can no longer pay into slots.
@@ -874,6 +874,9 @@ describe("Settlement", function () {
         await expect(first.pay(123n, ONE))
           .to.be.revertedWithCustomError(settlement, "AccessControlUnauthorizedAccount")
           .withArgs(await first.getAddress(), MARKET_ROLE);
+        // Zero: no day-ahead market any more.
+        await expect(settlement.setScheduleSource(ethers.ZeroAddress)).to.emit(settlement, "MarketsSet").withArgs(ethers.ZeroAddress, ethers.ZeroAddress);
+        expect(await settlement.hasRole(MARKET_ROLE, await second.getAddress())).to.equal(false);
       });
 
       it("recordSchedulePayment is for MARKET_ROLE, adds to the slot's pool and openPool, and keeps the identity", async function () {
@@ -945,16 +948,19 @@ describe("Settlement", function () {
         );
         expect(prepaid).to.equal(123_581n + 123_334n);
         const s0 = await settlement.slotState(T);
-        expect([s0.scheduledPrice, s0.demandWh, s0.supplyWh, s0.readings, s0.pool]).to.deep.equal([123_457n, 0n, 0n, 3n, prepaid]);
-        expect((await settlement.accountState(a("bob"))).scheduledWh).to.equal(-2_000n);
-        expect((await settlement.accountState(a("alice"))).scheduledWh).to.equal(1_001n);
+        expect([s0.demandWh, s0.supplyWh, s0.readings, s0.pool]).to.deep.equal([0n, 0n, 3n, prepaid]);
+        // The reading keeps its deviation and what its scheduled sales earn: floor(2_000 * 123_457 / 1000).
+        const bob = await settlement.accountState(a("bob"));
+        expect([bob.deviationWh, bob.earned]).to.deep.equal([0n, 246_914n]);
+        const alice = await settlement.accountState(a("alice"));
+        expect([alice.deviationWh, alice.earned]).to.deep.equal([0n, 0n]);
         await market.afterDeadline(T);
         const tx = settlement.settle(T, [a("alice"), a("bob"), a("dave")]);
         // No deviation: the real-time price is the midpoint and nobody's deviation costs anything.
         await expect(tx).to.emit(settlement, "SlotPriced").withArgs(T, 175_000n, 0n, 0n);
-        await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, 1_001n, 1_001n, 0n, 0n);
-        await expect(tx).to.emit(settlement, "Billed").withArgs(a("dave"), T, 999n, 999n, 0n, 0n);
-        await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -2_000n, -2_000n, 0n, 0n);
+        await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, 0n, 0n, 0n, 0n);
+        await expect(tx).to.emit(settlement, "Billed").withArgs(a("dave"), T, 0n, 0n, 0n, 0n);
+        await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, 0n, 246_914n, 0n, 0n);
         // bob: floor(2_000 * 123_457 / 1000) = 246_914; the rounding dust, 1, goes to the slack unit.
         await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 0n, 0n, 0n, 1n);
         await expect(tx).to.changeTokenBalances(
@@ -986,9 +992,9 @@ describe("Settlement", function () {
         const tx = settlement.settle(T, [a("bob"), a("carol"), a("alice")]);
         await expect(tx).to.emit(settlement, "SlotPriced").withArgs(T, 163_636n, 500n, 600n);
         // alice: 500 locally at p: ceil(81_818) = 81_818, from her deposit.
-        await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, 1_500n, 1_000n, 81_818n, 0n);
+        await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, 500n, 0n, 81_818n, 0n);
         // bob: scheduled 100_000, plus floor(200 * 500 / 600) = 166 Wh at p and 34 at feed-in: 28_863.
-        await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -1_200n, -1_000n, -28_863n, 0n);
+        await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -200n, 100_000n, -28_863n, 0n);
         // carol: 333 Wh at p and 67 at feed-in: 57_840.
         await expect(tx).to.emit(settlement, "Billed").withArgs(a("carol"), T, -400n, 0n, -57_840n, 0n);
         // Pool: 100_000 + 81_818 - 100_000 - 28_863 - 57_840 = -4_885, from the slack unit's deposit;
@@ -1014,8 +1020,8 @@ describe("Settlement", function () {
         await market.afterDeadline(T);
         const tx = settlement.settle(T, [a("alice"), a("bob")]);
         await expect(tx).to.emit(settlement, "SlotPriced").withArgs(T, FEED_IN, 0n, 600n);
-        await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, 400n, 1_000n, -30_000n, 0n);
-        await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -1_000n, -1_000n, 0n, 0n);
+        await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, -600n, 0n, -30_000n, 0n);
+        await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, 0n, 200_000n, 0n, 0n);
         await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 0n, 0n, 600n, -30_000n);
         await expect(tx).to.changeTokenBalances(ethers, token, [a("alice"), a("bob")], [30_000n, 200_000n]);
         await market.expectIdentity();
@@ -1029,7 +1035,7 @@ describe("Settlement", function () {
         await market.afterDeadline(T);
         const tx = settlement.settle(T, [a("bob"), a("alice")]);
         await expect(tx).to.emit(settlement, "SlotPriced").withArgs(T, RETAIL, 500n, 0n);
-        await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -1_500n, -2_000n, 150_000n, 0n);
+        await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, 500n, 200_000n, 150_000n, 0n);
         await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 0n, 500n, 0n, 150_000n);
         await expect(tx).to.changeTokenBalances(ethers, token, [a("bob"), a("slack")], [50_000n, 150_000n]);
         expect((await settlement.accountState(a("bob"))).deposit, "bob's deposit untouched").to.equal(DEPOSIT);
@@ -1046,7 +1052,7 @@ describe("Settlement", function () {
         expect(await settlement.withdrawable(bob.address), "the reserve ignores the scheduled revenue").to.equal(0n);
         await market.afterDeadline(T);
         const tx = settlement.settle(T, [a("alice"), a("bob")]);
-        await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -500n, -2_000n, 450_000n, 150_000n);
+        await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, 1_500n, 200_000n, 450_000n, 150_000n);
         await expect(tx).to.emit(settlement, "ParticipantInDebt").withArgs(a("bob"), T, 150_000n, 150_000n);
         // Pool: 200_000 prepaid + 300_000 paid - 200_000 revenue = 300_000 to the slack unit (450_000 of
         // energy less bob's 150_000 debt, which he now owes it).
@@ -1078,7 +1084,7 @@ describe("Settlement", function () {
         await market.afterDeadline(T);
         const tx = settlement.connect(market.p("bob").signer).withdraw(ONE);
         // D = U = 500: p = 175_000, bob's 500 Wh all local: 87_500, plus 200_000 scheduled.
-        await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -2_500n, -2_000n, -87_500n, 0n);
+        await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -500n, 200_000n, -87_500n, 0n);
         await expect(tx).to.changeTokenBalances(ethers, market.token, [a("bob")], [ONE + 287_500n]);
         await market.expectIdentity();
       });
@@ -1092,12 +1098,11 @@ describe("Settlement", function () {
           alice: [BASE_IMPORT + 1_300n, BASE_EXPORT],
           bob: [BASE_IMPORT, BASE_EXPORT + 1_300n],
         });
-        await expect(next).to.emit(settlement, "Billed").withArgs(a("bob"), T, -1_000n, -1_000n, 0n, 0n);
+        await expect(next).to.emit(settlement, "Billed").withArgs(a("bob"), T, 0n, 150_000n, 0n, 0n);
         await expect(next).to.emit(settlement, "SlotClosed").withArgs(T, 0n, 0n, 0n, 0n);
         await expect(next).to.changeTokenBalances(ethers, token, [a("bob")], [150_000n]);
         const bob = await settlement.accountState(a("bob"));
-        expect([bob.lastSlot, bob.slotNetWh, bob.scheduledWh]).to.deep.equal([T + 1n, -300n, -300n]);
-        expect((await settlement.slotState(T + 1n)).scheduledPrice).to.equal(80_000n);
+        expect([bob.lastSlot, bob.deviationWh, bob.earned]).to.deep.equal([T + 1n, 0n, 24_000n]);
         await market.afterDeadline(T + 1n);
         await expect(settlement.settle(T + 1n, [a("alice"), a("bob")]))
           .to.emit(settlement, "SlotClosed")
@@ -1110,15 +1115,15 @@ describe("Settlement", function () {
         const { market, settlement, slot, a } = await scheduledFixture();
         const T = await meteredSlot(market, slot, { alice: [1_000n, 0n], bob: [0n, 1_000n] });
         await market.scheduleSource.setSchedules(T, [a("alice"), a("bob")], [1_000n, -1_000n], 100_000n);
-        expect((await settlement.accountState(a("alice"))).scheduledWh).to.equal(0n);
-        expect((await settlement.slotState(T)).scheduledPrice).to.equal(0n);
+        const alice = await settlement.accountState(a("alice"));
+        expect([alice.deviationWh, alice.earned]).to.deep.equal([1_000n, 0n]);
         await market.afterDeadline(T);
         await expect(settlement.settle(T, [a("alice"), a("bob")]))
           .to.emit(settlement, "Billed")
           .withArgs(a("bob"), T, -1_000n, 0n, -175_000n, 0n);
       });
 
-      it("the slot's scheduled price is the one of its first scheduled reading", async function () {
+      it("each scheduled sale earns at the price of its own award", async function () {
         // A correct market has one price per slot; the test source can give each account its own.
         const { market, settlement, token, slot, a } = await scheduledFixture();
         const source = market.scheduleSource;
@@ -1130,90 +1135,132 @@ describe("Settlement", function () {
         await source.pay(T, 100_000n);
         await market.readSlot(T, { alice: [BASE_IMPORT + 1_000n, BASE_EXPORT] });
         await market.readSlot(T, { bob: [BASE_IMPORT, BASE_EXPORT + 1_000n] }, 2n);
-        expect((await settlement.slotState(T)).scheduledPrice).to.equal(100_000n);
+        expect((await settlement.accountState(a("bob"))).earned).to.equal(200_000n);
         await market.afterDeadline(T);
-        await expect(settlement.settle(T, [a("alice"), a("bob")])).to.changeTokenBalances(ethers, token, [a("bob")], [100_000n]);
+        const tx = settlement.settle(T, [a("alice"), a("bob")]);
+        await expect(tx).to.changeTokenBalances(ethers, token, [a("bob")], [200_000n]);
+        // The pool had 100_000: the slack unit covers the other 100_000.
+        await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 0n, 0n, 0n, -100_000n);
         await market.expectIdentity();
       });
     });
 
-    describe("known bugs (these fail until the contracts are fixed; see the report)", function () {
-      /**
-       * Baselines in `slot`; in T = slot + 1 alice and dave are awarded 2^31 Wh each, bought from
-       * carol (2^32 Wh), at a price of 100 (prepaid), and all three use 1_000 Wh. Returns T and
-       * whether the readings of T were refused (what a fix may do).
-       */
-      async function int32Schedules(market: Market, slot: bigint): Promise<{ T: bigint; refused: boolean }> {
-        const half = 2n ** 31n;
-        await market.readSlot(slot, { alice: [BASE_IMPORT, BASE_EXPORT], dave: [BASE_IMPORT, BASE_EXPORT], carol: [BASE_IMPORT, BASE_EXPORT] });
+    describe("missed readings and schedules", function () {
+      it("a scheduled buyer whose reading of the slot is missed pays for its energy once: the next reading nets that schedule", async function () {
+        // Failed before 0df36c5 (the next reading took only its own slot's schedule, so alice paid
+        // 100_000 day-ahead and again 300_000 at retail for the same 1_000 Wh).
+        const { market, settlement, token, slot, a } = await scheduledFixture();
+        await market.readSlot(slot, { alice: [BASE_IMPORT, BASE_EXPORT], bob: [BASE_IMPORT, BASE_EXPORT] });
         const T = slot + 1n;
-        await market.schedule(T, 100n, { alice: half, dave: half, carol: -2n * half });
-        const batch = await Promise.all(["alice", "dave", "carol"].map((name) => market.sign(name, T, BASE_IMPORT + 1_000n, BASE_EXPORT)));
-        await market.inWindow(T);
+        const aliceWalletBefore = await token.balanceOf(a("alice"));
+        expect(await market.schedule(T, 100_000n, { alice: 1_000n, bob: -1_000n })).to.equal(100_000n);
+        // In T alice uses 1_000 Wh and bob delivers 1_000 Wh; alice's reading of T is missed.
+        await market.readSlot(T, { bob: [BASE_IMPORT, BASE_EXPORT + 1_000n] });
+        // bob's next reading bills his sale in T and closes it: the prepayment paid him exactly.
+        const next = market.readSlot(T + 1n, { alice: [BASE_IMPORT + 1_000n, BASE_EXPORT], bob: [BASE_IMPORT, BASE_EXPORT + 1_000n] });
+        await expect(next).to.emit(settlement, "SlotClosed").withArgs(T, 0n, 0n, 0n, 0n);
+        const alice = await settlement.accountState(a("alice"));
+        expect([alice.deviationWh, alice.earned]).to.deep.equal([0n, 0n]);
+        await market.afterDeadline(T + 1n);
+        const tx = settlement.settle(T + 1n, [a("alice"), a("bob")]);
+        await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T + 1n, 0n, 0n, 0n, 0n);
+        await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T + 1n, 0n, 0n, 0n, 0n);
+        const aliceCost =
+          aliceWalletBefore - (await token.balanceOf(a("alice"))) + (DEPOSIT - (await settlement.accountState(a("alice"))).deposit);
+        expect(aliceCost, "what alice paid in all for the 1_000 Wh she bought day-ahead and used").to.equal(100_000n);
+        await market.expectIdentity();
+      });
+
+      it("a scheduled seller whose reading of the slot is missed is paid with its next reading, from that slot's pool", async function () {
+        const { market, settlement, token, slot, a } = await scheduledFixture();
+        await market.readSlot(slot, { alice: [BASE_IMPORT, BASE_EXPORT], bob: [BASE_IMPORT, BASE_EXPORT] });
+        const T = slot + 1n;
+        await market.schedule(T, 100_000n, { alice: 1_000n, bob: -1_000n });
+        // bob's reading of T is missed: T closes with alice's bill and the prepaid 100_000 goes to the
+        // slack unit; bob's next reading earns the sale, and T + 1's pool pays it (the slack unit
+        // covers it there): the slack unit ends where it started.
+        await market.readSlot(T, { alice: [BASE_IMPORT + 1_000n, BASE_EXPORT] });
+        const next = market.readSlot(T + 1n, { alice: [BASE_IMPORT + 1_000n, BASE_EXPORT], bob: [BASE_IMPORT, BASE_EXPORT + 1_000n] });
+        await expect(next).to.emit(settlement, "SlotClosed").withArgs(T, 0n, 0n, 0n, 100_000n);
+        const bob = await settlement.accountState(a("bob"));
+        expect([bob.deviationWh, bob.earned]).to.deep.equal([0n, 100_000n]);
+        await market.afterDeadline(T + 1n);
+        const tx = settlement.settle(T + 1n, [a("alice"), a("bob")]);
+        await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T + 1n, 0n, 100_000n, 0n, 0n);
+        await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T + 1n, 0n, 0n, 0n, -100_000n);
+        await expect(tx).to.changeTokenBalances(ethers, token, [a("bob")], [100_000n]);
+        expect((await settlement.accountState(a("slack"))).deposit).to.equal(SLACK_DEPOSIT - 100_000n);
+        expect(await token.balanceOf(a("slack"))).to.equal(1000n * ONE - SLACK_DEPOSIT + 100_000n);
+        await market.expectIdentity();
+      });
+
+      it(`a reading nets the schedules of at most MAX_SCHEDULE_GAP (8) slots; older ones are not netted`, async function () {
+        const { market, settlement, slot, a } = await scheduledFixture();
+        expect(await settlement.MAX_SCHEDULE_GAP()).to.equal(8n);
+        await market.readSlot(slot, { alice: [BASE_IMPORT, BASE_EXPORT], bob: [BASE_IMPORT, BASE_EXPORT] });
+        // alice buys 100 Wh in each of the 9 slots after her baseline and uses them; her meter's
+        // next reading comes in the 9th. It nets the last 8 schedules (800 Wh): the first slot's
+        // 100 Wh, prepaid day-ahead, are billed again as a deviation.
+        for (let k = 1n; k <= 9n; ++k) await market.schedule(slot + k, 100_000n, { alice: 100n, bob: -100n });
+        await market.readSlot(slot + 9n, { alice: [BASE_IMPORT + 900n, BASE_EXPORT] });
+        const alice = await settlement.accountState(a("alice"));
+        expect([alice.lastSlot, alice.deviationWh]).to.deep.equal([slot + 9n, 100n]);
+      });
+    });
+
+    describe("known bugs (these fail until the contracts are fixed; see the report)", function () {
+      // MeterLedger._record stores a reading's deviation with an unchecked int40(...) cast, and
+      // Settlement._countReading adds it to the slot's totals with an unchecked uint40(...) cast;
+      // the deviation is the metered net energy (int32) minus the sum of the covered schedules, and
+      // a schedule is the markets' int256 (DayAheadMarket awards are uint40, up to 2^40 - 1 Wh).
+      // A fix may refuse such a reading (ReadingOutOfRange), cap schedules, or widen the fields;
+      // these tests pass with any of them.
+
+      /** Submits `names`' readings of `slot` (each +1_000 Wh); returns whether they were refused as out of range. */
+      async function readAll(market: Market, slot: bigint, names: string[]): Promise<boolean> {
+        const batch = await Promise.all(names.map((name) => market.sign(name, slot, BASE_IMPORT + 1_000n, BASE_EXPORT)));
+        await market.inWindow(slot);
         let refused = false;
         await market.submitBatch(batch).catch((e: unknown) => {
           expect(String(e)).to.contain("ReadingOutOfRange");
           refused = true;
         });
-        return { T, refused };
+        return refused;
       }
 
-      // The source's schedule is an int256. Settlement._countReading counts the full value into the
-      // slot's demand and supply, but MeterLedger._record stores it with an unchecked int32(...)
-      // cast, and billing uses the stored value. DayAheadMarket awards are uint40 (up to 2^40 - 1 Wh),
-      // so a clearing can produce such schedules. A fix may store them exactly (it cannot, in 32 bits)
-      // or refuse the reading (ReadingOutOfRange); either passes these tests.
-      it("BUG: a schedule beyond int32 is stored truncated, so bills disagree with the slot's totals", async function () {
-        // Stored, alice and dave become sellers of 2^31 Wh and carol's sale of 2^32 Wh vanishes.
-        const { market, settlement, slot, a } = await scheduledFixture();
-        const { T, refused } = await int32Schedules(market, slot);
-        if (refused) return;
-        const half = 2n ** 31n;
-        const stored = await Promise.all(["alice", "dave", "carol"].map(async (n) => (await settlement.accountState(a(n))).scheduledWh));
+      it("BUG: a deviation beyond int40 is stored truncated: a seller who delivers nothing of 2^40 Wh keeps the sale and the slack unit pays for phantom energy", async function () {
+        // alice and dave buy 2^39 Wh each from carol (2^40 Wh) at 100 per kWh; all three use 1_000 Wh.
+        // carol's deviation is 2^40 + 1_000 Wh (she must buy back what she sold and did not deliver);
+        // stored, it is 1_000. alice and dave sell back 2^39 - 1_000 Wh each (deviation down), which
+        // nobody metered: the slack unit absorbs nearly 2^40 Wh and pays them feed-in for it.
+        const { market, settlement, token, slot, a } = await scheduledFixture();
+        const half = 2n ** 39n;
+        await market.readSlot(slot, { alice: [BASE_IMPORT, BASE_EXPORT], dave: [BASE_IMPORT, BASE_EXPORT], carol: [BASE_IMPORT, BASE_EXPORT] });
+        const T = slot + 1n;
+        for (const name of ["alice", "dave"]) await token.mint(a(name), ceilDiv(half * 100n, 1000n));
+        await market.schedule(T, 100n, { alice: half, dave: half, carol: -2n * half });
+        if (await readAll(market, T, ["alice", "dave", "carol"])) return;
+        const carol = await settlement.accountState(a("carol"));
         const s = await settlement.slotState(T);
-        let demand = 0n;
-        let supply = 0n;
-        for (const q of stored) {
-          const d = 1_000n - q;
-          if (d > 0n) demand += d;
-          else supply -= d;
-        }
-        expect({ demand: s.demandWh, supply: s.supplyWh }, `the slot's totals vs the stored schedules ${stored.join(", ")}`).to.deep.equal({
-          demand,
-          supply,
-        });
-        expect(stored, "stored schedules (alice, dave, carol)").to.deep.equal([half, half, -2n * half]);
-      });
-
-      it("BUG: ...and the slot then never closes: its last bill panics, and that meter can never read again", async function () {
-        // Billed on the stored schedules, the buyers' local shares add up to more than the slot's
-        // supply, and the close underflows (s.supplyWh - localWh in Settlement._closeIfComplete):
-        // whoever is billed last is stuck for good, since every later reading (and any withdrawal
-        // after the deadline) bills it first. (With a single such buyer and no other deviation,
-        // its own bill divides by a zero demand and panics at once.)
-        const { market, settlement, slot, a } = await scheduledFixture();
-        const { T, refused } = await int32Schedules(market, slot);
+        // No meter exported anything: whatever the slack unit absorbs is phantom energy.
+        await token.mint(market.admin.address, 2n * 10n ** 14n);
+        await token.approve(market.settlementAddress, 2n * 10n ** 14n);
+        await settlement.depositFor(a("slack"), 10n ** 14n);
+        await settlement.depositFor(a("bob"), 10n ** 14n); // escrow liquidity for the payouts
         await market.afterDeadline(T);
-        if (refused) {
-          await expect(settlement.settle(T, [])).to.emit(settlement, "SlotClosed");
-          return;
-        }
-        await settlement.settle(T, [a("alice")]);
-        await settlement.settle(T, [a("dave")]);
-        await expect(settlement.settle(T, [a("carol")]), "carol's bill closes the slot").to.emit(settlement, "SlotClosed");
-        await market.inWindow(T + 1n);
-        await expect(market.submit(await market.sign("carol", T + 1n, BASE_IMPORT + 2_000n, BASE_EXPORT))).to.emit(
-          settlement,
-          "ReadingRecorded",
-        );
+        const receipt = await (await settlement.settle(T, [a("alice"), a("dave"), a("carol")])).wait();
+        const closed = market.events(receipt, "SlotClosed")[0];
+        expect(
+          { carolDeviation: carol.deviationWh, demandWh: s.demandWh, absorbedWh: closed?.args.slackAbsorbedWh },
+          "carol's stored deviation, the slot's demand, and the energy the slack unit absorbed",
+        ).to.deep.equal({ carolDeviation: 2n * half + 1_000n, demandWh: 2n * half + 1_000n, absorbedWh: 0n });
       });
 
-      it("BUG: a real DayAheadMarket clearing awards 2^31 Wh, and settlement stores it as a sale", async function () {
+      it("BUG: a real DayAheadMarket clearing produces such a deviation (sale of 2^40 - 1 Wh)", async function () {
         // The same truncation with the day-ahead market itself as the schedule source: orders are
-        // uint40, nothing caps them at int32, and a buyer awarded 2^31 Wh reads back as a seller of
-        // 2^31 Wh (int32(2^31) = -2^31), paid floor(2^31 * P / 1000) from the pool at its bill.
+        // uint40 and nothing caps them.
         const { market, settlement, token, a } = await fixture();
-        const half = 2n ** 31n;
+        const half = 2n ** 39n;
         const gateLead = 3_600n;
         const dayAhead = await ethers.deployContract("DayAheadMarket", [
           await token.getAddress(),
@@ -1229,59 +1276,45 @@ describe("Settlement", function () {
         const now = BigInt(await networkHelpers.time.latest());
         const nextDay = (now / 86_400n + 1n) * 86_400n;
         const T = (nextDay + 43_200n) / SLOT_SECONDS; // noon tomorrow
-        for (const name of ["alice", "dave"]) {
+        const buys = { alice: half, dave: half - 1n };
+        for (const [name, qty] of Object.entries(buys)) {
           const p = market.p(name);
-          const escrow = ceilDiv(half * FEED_IN, 1000n);
+          const escrow = ceilDiv(qty * FEED_IN, 1000n);
           await token.mint(p.address, escrow);
           await token.connect(p.signer).approve(await dayAhead.getAddress(), escrow);
-          await dayAhead.connect(p.signer).placeOrder({ slot: T, isSell: false, qtyWh: half, price: FEED_IN });
+          await dayAhead.connect(p.signer).placeOrder({ slot: T, isSell: false, qtyWh: qty, price: FEED_IN });
         }
-        await dayAhead.connect(market.p("carol").signer).placeOrder({ slot: T, isSell: true, qtyWh: 2n * half, price: FEED_IN });
+        const sold = 2n * half - 1n; // the largest order: 2^40 - 1 Wh
+        await dayAhead.connect(market.p("carol").signer).placeOrder({ slot: T, isSell: true, qtyWh: sold, price: FEED_IN });
         await market.at(nextDay - gateLead);
         await dayAhead.clear({
           slot: T,
           buyers: [a("alice"), a("dave")],
           sellers: [a("carol")],
-          buyAwardsWh: [half, half],
-          sellAwardsWh: [2n * half],
+          buyAwardsWh: [half, half - 1n],
+          sellAwardsWh: [sold],
           price: FEED_IN,
-          volumeWh: 2n * half,
+          volumeWh: sold,
         });
-        expect(await dayAhead.scheduleOf(T, a("alice"))).to.deep.equal([half, FEED_IN]);
-        expect((await settlement.slotState(T)).pool).to.equal(2n * ceilDiv(half * FEED_IN, 1000n));
+        expect(await dayAhead.scheduleOf(T, a("carol"))).to.deep.equal([-sold, FEED_IN]);
         await market.readSlot(T - 1n, { alice: [BASE_IMPORT, BASE_EXPORT], dave: [BASE_IMPORT, BASE_EXPORT], carol: [BASE_IMPORT, BASE_EXPORT] });
-        const batch = await Promise.all(["alice", "dave", "carol"].map((name) => market.sign(name, T, BASE_IMPORT + 1_000n, BASE_EXPORT)));
-        await market.inWindow(T);
-        let refused = false;
-        await market.submitBatch(batch).catch((e: unknown) => {
-          expect(String(e)).to.contain("ReadingOutOfRange");
-          refused = true;
-        });
-        if (refused) return;
-        expect((await settlement.accountState(a("alice"))).scheduledWh, "alice's stored schedule (she bought 2^31 Wh)").to.equal(half);
+        if (await readAll(market, T, ["alice", "dave", "carol"])) return;
+        expect((await settlement.accountState(a("carol"))).deviationWh, "carol's stored deviation (sold 2^40 - 1 Wh, used 1_000)").to.equal(
+          sold + 1_000n,
+        );
       });
 
-      it("BUG: a scheduled buyer whose reading of the slot is missed pays for its energy twice", async function () {
-        // A missed reading is absorbed by the next one: alice's energy of T is billed in T + 1. But her
-        // day-ahead position of T is not carried with it: T + 1 takes only T + 1's schedule (0), so
-        // the 1_000 Wh she bought and prepaid for T are billed again as a deviation in T + 1, at
-        // retail, and the slack unit is paid for 1_000 Wh it never supplied (bob did, in T).
-        const { market, settlement, token, slot, a } = await scheduledFixture();
-        await market.readSlot(slot, { alice: [BASE_IMPORT, BASE_EXPORT], bob: [BASE_IMPORT, BASE_EXPORT] });
-        const T = slot + 1n;
-        const aliceWalletBefore = await token.balanceOf(a("alice"));
-        const prepaid = await market.schedule(T, 100_000n, { alice: 1_000n, bob: -1_000n });
-        expect(prepaid).to.equal(100_000n);
-        // In T alice uses 1_000 Wh and bob delivers 1_000 Wh; alice's reading of T is missed.
-        await market.readSlot(T, { bob: [BASE_IMPORT, BASE_EXPORT + 1_000n] });
-        await market.readSlot(T + 1n, { alice: [BASE_IMPORT + 1_000n, BASE_EXPORT], bob: [BASE_IMPORT, BASE_EXPORT + 1_000n] });
-        await market.afterDeadline(T + 1n);
-        await settlement.settle(T, [a("bob")]);
-        const tx = settlement.settle(T + 1n, [a("alice"), a("bob")]);
-        await expect(tx).to.emit(settlement, "Billed"); // alice's 1_000 Wh, in T + 1
-        const aliceCost =
-          aliceWalletBefore - (await token.balanceOf(a("alice"))) + (DEPOSIT - (await settlement.accountState(a("alice"))).deposit);
-        expect(aliceCost, "what alice paid in all for the 1_000 Wh she bought day-ahead and used").to.equal(100_000n);
+      it("BUG: a scheduled sale at an accepted price that earns more than 2^48 base units blocks the seller's reading", async function () {
+        // Prices are accepted up to 2^48 - 1 per kWh (Settlement.MAX_PRICE, DayAheadMarket's cap
+        // bound), but MeterLedger._record stores what a reading's scheduled sales earn with
+        // SafeCast.toUint48: 1_001 Wh at the largest price earn 2^48 + 280_866_000_352 base units, and
+        // bob's reading reverts (SafeCastOverflowedUintDowncast), as will his next ones for 8 slots.
+        const { market, settlement, slot, a } = await scheduledFixture();
+        await market.readSlot(slot, { bob: [BASE_IMPORT, BASE_EXPORT] });
+        await market.scheduleSource.setSchedule(slot + 1n, a("bob"), -1_001n, MAX_PRICE);
+        const reading = await market.sign("bob", slot + 1n, BASE_IMPORT, BASE_EXPORT + 1_001n);
+        await market.inWindow(slot + 1n);
+        await expect(market.submit(reading), "bob's reading").to.emit(settlement, "ReadingRecorded");
       });
     });
   });
@@ -1401,7 +1434,6 @@ describe("Settlement", function () {
       const gasSettle = await gasOf(settlement.settle(slot + 2n, members.map((m) => m.account)));
       const closed = await settlement.slotState(slot + 2n);
       expect(closed.closed).to.equal(true);
-      if (scheduled) expect(closed.scheduledPrice).to.equal(120_000n);
       await market.expectIdentity();
 
       console.log(

@@ -1,9 +1,11 @@
 /**
  * A reference model of the Settlement contract, written from its NatSpec (schedules and
- * deviations, pricing, pro-rata shares, rounding, lazy billing, scheduled sales paid from the
- * slot's pool, slot closing with the slack unit, debt and bad debt), for the randomized property
- * test. It also models the test schedule source (contracts/test/TestScheduleSource.sol), which
- * stands in for the day-ahead market: schedules per slot and account, and schedule payments. It keeps its own copy of every account, slot, total and token
+ * deviations, netted over missed slots, pricing, pro-rata shares, rounding, lazy billing,
+ * scheduled sales paid from the pool, slot closing with the slack unit, debt and bad debt), for
+ * the randomized property test. It also models the test schedule source
+ * (contracts/test/TestScheduleSource.sol), which stands in for the day-ahead market: schedules
+ * per slot and account, and schedule payments. There is no intra-day market in the model (its
+ * slot results stay zero). It keeps its own copy of every account, slot, total and token
  * balance, predicts the events and reverts of each call, and the test compares the chain with it
  * after every step.
  *
@@ -16,10 +18,10 @@ export interface ModelAccount {
   billed: boolean;
   importWh: bigint;
   exportWh: bigint;
-  /** Metered net energy (import - export) of lastSlot. */
-  slotNetWh: bigint;
-  /** The schedule of lastSlot, taken when its reading arrived. */
-  scheduledWh: bigint;
+  /** Metered net energy of lastSlot's reading minus the schedules it covers, taken when it arrived. */
+  deviationWh: bigint;
+  /** What the scheduled sales it covers earn, floor(|q| * P / 1000) per slot. */
+  earned: bigint;
   deposit: bigint;
   debt: bigint;
 }
@@ -32,7 +34,6 @@ export interface ModelSlot {
   billed: bigint;
   priced: boolean;
   closed: boolean;
-  scheduledPrice: bigint;
   price: bigint;
   feedInPrice: bigint;
   retailPrice: bigint;
@@ -62,11 +63,15 @@ export const POSITIVE_RESIDUAL_REPAYS_SLACK_DEBT = true;
 
 const UINT40_MAX = 2n ** 40n - 1n;
 const UINT32_MAX = 2n ** 32n - 1n;
-const UINT64_MAX = 2n ** 64n - 1n;
+/** Deposits and scheduled earnings are 48-bit fields of the account word. */
+const UINT48_MAX = 2n ** 48n - 1n;
 const INT32_MAX = 2n ** 31n - 1n;
 const INT32_MIN = -(2n ** 31n);
 /** Prices fit 48 bits (Settlement.MAX_PRICE). */
 export const MAX_PRICE = 2n ** 48n - 1n;
+/** How many slots back a reading nets schedules when its meter missed readings (Settlement.MAX_SCHEDULE_GAP). */
+export const MAX_SCHEDULE_GAP = 8n;
+const ZERO_ADDRESS = "0x0000000000000000000000000000000000000000";
 
 /** A schedule as the schedule source returns it. */
 export interface ModelSchedule {
@@ -83,7 +88,7 @@ function min(a: bigint, b: bigint): bigint {
 }
 
 function emptyAccount(): ModelAccount {
-  return { lastSlot: 0n, billed: false, importWh: 0n, exportWh: 0n, slotNetWh: 0n, scheduledWh: 0n, deposit: 0n, debt: 0n };
+  return { lastSlot: 0n, billed: false, importWh: 0n, exportWh: 0n, deviationWh: 0n, earned: 0n, deposit: 0n, debt: 0n };
 }
 
 function emptySlot(): ModelSlot {
@@ -95,7 +100,6 @@ function emptySlot(): ModelSlot {
     billed: 0n,
     priced: false,
     closed: false,
-    scheduledPrice: 0n,
     price: 0n,
     feedInPrice: 0n,
     retailPrice: 0n,
@@ -184,8 +188,8 @@ export class SettlementModel {
   free(address: string): bigint {
     const a = this.account(address);
     let reserve = 0n;
-    if (a.lastSlot !== 0n && !a.billed && a.slotNetWh > a.scheduledWh) {
-      reserve = ceilDiv((a.slotNetWh - a.scheduledWh) * this.retailPrice, 1000n);
+    if (a.lastSlot !== 0n && !a.billed && a.deviationWh > 0n) {
+      reserve = ceilDiv(a.deviationWh * this.retailPrice, 1000n);
     }
     return a.deposit > reserve ? a.deposit - reserve : 0n;
   }
@@ -236,7 +240,7 @@ export class SettlementModel {
       else this.credit(slack, repaid);
     }
     if (amount === 0n) return;
-    if (a.deposit + amount > UINT64_MAX) throw new ModelRevert("SettlementDepositTooLarge", [account, a.deposit + amount]);
+    if (a.deposit + amount > UINT48_MAX) throw new ModelRevert("SettlementDepositTooLarge", [account, a.deposit + amount]);
     a.deposit += amount;
     this.totalDeposits += amount;
   }
@@ -260,10 +264,29 @@ export class SettlementModel {
     this.transfer(this.settlement, account, amount);
   }
 
-  /** Settlement.setScheduleSource by the admin. */
+  /** Settlement.setScheduleSource by the admin: the day-ahead market, no intra-day market. */
   setScheduleSource(source: string): void {
     this.scheduleSource = source;
-    this.events.push({ name: "ScheduleSourceSet", args: [source] });
+    this.events.push({ name: "MarketsSet", args: [source, ZERO_ADDRESS] });
+  }
+
+  /**
+   * The schedules a reading of `slot` after one of `lastSlot` is netted against: those of the
+   * slots since, at most MAX_SCHEDULE_GAP back; their sum and what their sales earn.
+   */
+  covered(account: string, lastSlot: bigint, slot: bigint): { slots: bigint[]; scheduledWh: bigint; earned: bigint } {
+    const slots: bigint[] = [];
+    let scheduledWh = 0n;
+    let earned = 0n;
+    if (this.scheduleSource === undefined) return { slots, scheduledWh, earned };
+    const gap = slot - lastSlot < MAX_SCHEDULE_GAP ? slot - lastSlot : MAX_SCHEDULE_GAP;
+    for (let k = slot + 1n - gap; k <= slot; ++k) {
+      const { netWh: q, price } = this.schedule(k, account);
+      slots.push(k);
+      scheduledWh += q;
+      if (q < 0n) earned += (-q * price) / 1000n;
+    }
+    return { slots, scheduledWh, earned };
   }
 
   /** TestScheduleSource.setSchedule(s): what the day-ahead market's clearing would record. */
@@ -322,19 +345,18 @@ export class SettlementModel {
     a.billed = baseline;
     a.importWh = importWh;
     a.exportWh = exportWh;
-    a.slotNetWh = netWh;
-    a.scheduledWh = 0n;
+    a.deviationWh = 0n;
+    a.earned = 0n;
     if (!baseline) {
-      // The schedule in force when the reading arrives; its deviation goes into the slot's totals.
+      // The schedules in force when the reading arrives, of its slot and of the slots it missed
+      // (up to MAX_SCHEDULE_GAP): its deviation goes into the slot's totals.
       const s = this.slot(slot);
-      if (this.scheduleSource !== undefined) {
-        const { netWh: q, price } = this.schedule(slot, account);
-        a.scheduledWh = q;
-        if (q !== 0n && s.scheduledPrice === 0n) s.scheduledPrice = price;
-      }
-      const deviation = netWh - a.scheduledWh;
-      if (deviation > 0n) s.demandWh += deviation;
-      else if (deviation < 0n) s.supplyWh += -deviation;
+      const { scheduledWh, earned } = this.covered(account, billedSlot, slot);
+      if (earned > UINT48_MAX) throw new ModelRevert("SafeCastOverflowedUintDowncast", [48n, earned]);
+      a.deviationWh = netWh - scheduledWh;
+      a.earned = earned;
+      if (a.deviationWh > 0n) s.demandWh += a.deviationWh;
+      else if (a.deviationWh < 0n) s.supplyWh += -a.deviationWh;
       s.readings += 1n;
     }
     this.events.push({ name: "ReadingRecorded", args: [account, slot, importWh, exportWh, importDelta, exportDelta] });
@@ -358,10 +380,10 @@ export class SettlementModel {
   }
 
   /**
-   * Bills `account`'s pending slot; returns the payout to transfer to it. A seller's scheduled
-   * sale is paid floor(|q| * scheduledPrice / 1000) from the pool; the deviation d = net - q is
-   * billed at the slot's real-time prices, and an upward deviation is paid from the scheduled
-   * revenue first, then from the deposit.
+   * Bills `account`'s pending slot; returns the payout to transfer to it. The scheduled sales its
+   * reading covers are paid what they earn from the pool; the deviation is billed at the slot's
+   * real-time prices, and an upward deviation is paid from the scheduled revenue first, then from
+   * the deposit.
    */
   private bill(account: string): bigint {
     const a = this.account(account);
@@ -371,9 +393,8 @@ export class SettlementModel {
     const demand = s.demandWh;
     const supply = s.supplyWh;
     const local = min(demand, supply);
-    const scheduled = a.scheduledWh;
-    const deviation = a.slotNetWh - scheduled;
-    let earned = scheduled < 0n ? (-scheduled * s.scheduledPrice) / 1000n : 0n;
+    const deviation = a.deviationWh;
+    let earned = a.earned;
     let netted = 0n;
     let amount = 0n;
     let shortfall = 0n;
@@ -404,7 +425,7 @@ export class SettlementModel {
     this.openPool -= earned;
     s.billed += 1n;
     a.billed = true;
-    this.events.push({ name: "Billed", args: [account, slot, a.slotNetWh, scheduled, amount, shortfall] });
+    this.events.push({ name: "Billed", args: [account, slot, deviation, a.earned, amount, shortfall] });
     return earned - netted;
   }
 

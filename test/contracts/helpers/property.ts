@@ -2,7 +2,7 @@ import type { HardhatEthersSigner } from "@nomicfoundation/hardhat-ethers/types"
 import { expect } from "chai";
 import type { ContractTransactionResponse, LogDescription } from "ethers";
 import { ceilDiv, Kind, ONE, type Market, type Participant } from "./market.js";
-import { ModelRevert, SettlementModel, type ModelEvent } from "./model.js";
+import { MAX_SCHEDULE_GAP, ModelRevert, SettlementModel, type ModelEvent } from "./model.js";
 import { Rng } from "./random.js";
 import type { SignedReading } from "./readings.js";
 
@@ -17,19 +17,24 @@ import type { SignedReading } from "./readings.js";
  * identical resubmissions and refused ones mixed in, deposits, withdrawals and price changes, and
  * settle calls for random slots and accounts in random order.
  *
+ * A reading covers the schedules of its own slot and of the slots its meter missed since its last
+ * reading (at most MAX_SCHEDULE_GAP of them): its deviation is its metered net energy minus all of
+ * them, and it earns what all their sales earn.
+ *
  * After every step: the escrow identity (balance + badDebt == totalDeposits + openPool), the token
  * supply in the watched wallets, registers that never go down, and every account, slot, total,
  * balance and event equal to the model's. Independently of the model, from the events and token
- * transfers: each bill carries the schedule the source holds for that account and slot, no
- * (account, slot) is billed twice, and what settlement transfers to a billed account is exactly
- * its scheduled revenue floor(|q| * P / 1000) plus its deviation revenue, less what its upward
- * deviation took from that revenue. After every closed slot: energy conservation on deviations
- * (demand = supply + slack supplied - slack absorbed, with d = metered net - schedule from the
- * test's own meters and schedules) and token conservation (schedule payments + buyers' payments -
- * sellers' scheduled and deviation revenue = the slack unit's residual). At the end, every slot
- * with readings or a schedule payment is closed, every scheduled seller whose reading of the slot
- * counted was paid its scheduled revenue exactly once, and every participant was billed exactly the
- * energy its meter counted after its baseline.
+ * transfers: each bill carries the deviation and the scheduled earnings the test's own meters and
+ * its record of the awards give, no (account, slot) is billed twice, no award is covered twice,
+ * and what settlement transfers to a billed account is exactly its scheduled earnings (floor(|q| *
+ * P / 1000) per sale) plus its deviation revenue, less what its upward deviation took from them.
+ * After every closed slot: energy conservation on deviations (demand = supply + slack supplied -
+ * slack absorbed, from the test's meters and awards) and token conservation (schedule payments +
+ * buyers' payments - scheduled and deviation revenue = the slack unit's residual). At the end,
+ * every slot with readings or a schedule payment is closed, every scheduled sale covered by a
+ * counted reading was paid exactly once (each seller's scheduled earnings add up to its covered
+ * sales), and every participant was billed exactly the energy its meter counted after its
+ * baseline (deviations plus covered schedules).
  */
 
 export interface ScenarioStats {
@@ -71,6 +76,8 @@ interface Meter {
   baseline?: [bigint, bigint];
   /** Registers of the last accepted reading. */
   last?: [bigint, bigint];
+  /** Slot of the last accepted reading. */
+  lastSlot?: bigint;
 }
 
 function canonical(events: ModelEvent[]): string[] {
@@ -107,7 +114,7 @@ export async function runScenario(market: Market, seed: number): Promise<Scenari
   };
   const source = market.scheduleSource;
   const sourceAddress = await source.getAddress();
-  if ((await settlement.scheduleSource()) !== sourceAddress) throw new Error("the scenario market needs the test schedule source set");
+  if ((await settlement.dayAheadMarket()) !== sourceAddress) throw new Error("the scenario market needs the test schedule source set");
 
   // Everyone who can hold tokens: the supply must always be in these wallets and the escrow.
   const watched = [
@@ -148,9 +155,14 @@ export async function runScenario(market: Market, seed: number): Promise<Scenari
   const awardPrice = new Map<bigint, bigint>();
   /** What the source paid into each slot's pool. */
   const schedulePaid = new Map<bigint, bigint>();
-  /** Readings that counted (non-baseline), by `${slot}:${account}`. */
-  const counted = new Set<string>();
-  /** Bills seen, by `${slot}:${account}`, with the scheduled revenue paid with each. */
+  /**
+   * Readings that counted (non-baseline), by `${slot}:${account}`: the metered net energy, and the
+   * deviation and scheduled earnings expected from the awards they cover.
+   */
+  const counted = new Map<string, { netWh: bigint; deviationWh: bigint; earned: bigint }>();
+  /** The counted reading (its slot) that covered each award, by `${slot}:${account}`. */
+  const coveredBy = new Map<string, bigint>();
+  /** Bills seen, by `${slot}:${account}`, with the scheduled earnings paid with each. */
   const billed = new Map<string, bigint>();
   const awardOf = (slot: bigint, account: string): bigint => awards.get(`${slot}:${account}`) ?? 0n;
   /** floor(|q| * P / 1000) for a scheduled sale, 0 for anything else. */
@@ -227,10 +239,9 @@ export async function runScenario(market: Market, seed: number): Promise<Scenari
     const seen = new Set<string>();
     for (const e of events) {
       if (e.name !== "Billed") continue;
-      const [account, slot, , , amount, shortfall] = e.args as unknown as [string, bigint, bigint, bigint, bigint, bigint];
+      const [account, slot, , sched, amount, shortfall] = e.args as unknown as [string, bigint, bigint, bigint, bigint, bigint];
       expect(seen.has(account), `${where}: ${account} billed twice in one transaction`).to.equal(false);
       seen.add(account);
-      const sched = scheduledRevenue(slot, account);
       let expected: bigint;
       if (amount > 0n) {
         const paid = amount - shortfall;
@@ -266,28 +277,48 @@ export async function runScenario(market: Market, seed: number): Promise<Scenari
       } else {
         // The energy attributed to the slot is the whole register difference since the last reading.
         expect([importDelta, exportDelta], `${where}: deltas`).to.deep.equal([importWh - meter.last[0], exportWh - meter.last[1]]);
+        // It is netted against the awards of its slot and of the slots missed since the last reading.
+        const lastSlot = meter.lastSlot as bigint;
+        const from = slot - lastSlot > MAX_SCHEDULE_GAP ? slot + 1n - MAX_SCHEDULE_GAP : lastSlot + 1n;
+        let scheduled = 0n;
+        let earned = 0n;
+        for (let k = from; k <= slot; ++k) {
+          scheduled += awardOf(k, account);
+          earned += scheduledRevenue(k, account);
+          if (awards.has(`${k}:${account}`)) {
+            expect(coveredBy.has(`${k}:${account}`), `${where}: the award of ${account} in slot ${k} covered twice`).to.equal(false);
+            coveredBy.set(`${k}:${account}`, slot);
+          }
+        }
+        const netWh = importDelta - exportDelta;
+        const deviation = netWh - scheduled;
         const energy = meterEnergy.get(slot) ?? { demand: 0n, supply: 0n, readings: 0n };
-        const deviation = importDelta - exportDelta - awardOf(slot, account);
         if (deviation > 0n) energy.demand += deviation;
         else energy.supply -= deviation;
         energy.readings += 1n;
         meterEnergy.set(slot, energy);
-        counted.add(`${slot}:${account}`);
+        counted.set(`${slot}:${account}`, { netWh, deviationWh: deviation, earned });
       }
       meter.last = [importWh, exportWh];
+      meter.lastSlot = slot;
     } else if (e.name === "Billed") {
-      const [account, slot, netWh, scheduledWh, amount, shortfall] = e.args as unknown as [string, bigint, bigint, bigint, bigint, bigint];
-      // Nothing is billed twice, each bill is of a reading that counted, with the source's schedule.
+      const [account, slot, deviationWh, earned, amount, shortfall] = e.args as unknown as [string, bigint, bigint, bigint, bigint, bigint];
+      // Nothing is billed twice; each bill is of a reading that counted, with the deviation and
+      // the scheduled earnings the meters and the awards it covers give.
       expect(billed.has(`${slot}:${account}`), `${where}: ${account} billed twice for slot ${slot}`).to.equal(false);
-      expect(counted.has(`${slot}:${account}`), `${where}: ${account} billed for slot ${slot} without a reading of it`).to.equal(true);
-      expect(scheduledWh, `${where}: schedule billed to ${account} in slot ${slot}`).to.equal(awardOf(slot, account));
+      const reading = counted.get(`${slot}:${account}`);
+      if (reading === undefined) throw new Error(`${where}: ${account} billed for slot ${slot} without a reading of it`);
+      expect([deviationWh, earned], `${where}: deviation and scheduled earnings billed to ${account} in slot ${slot}`).to.deep.equal([
+        reading.deviationWh,
+        reading.earned,
+      ]);
       const b = billedPerSlot.get(slot) ?? { amount: 0n, shortfall: 0n, count: 0n, scheduledRevenue: 0n };
       b.amount += amount;
       b.shortfall += shortfall;
       b.count += 1n;
-      b.scheduledRevenue += scheduledRevenue(slot, account);
+      b.scheduledRevenue += earned;
       billedPerSlot.set(slot, b);
-      billedNet.set(account, (billedNet.get(account) ?? 0n) + netWh);
+      billedNet.set(account, (billedNet.get(account) ?? 0n) + reading.netWh);
     } else if (e.name === "ParticipantInDebt") {
       stats.debts += 1;
       if (e.args[0] === slack?.address) stats.badDebt = true;
@@ -338,9 +369,9 @@ export async function runScenario(market: Market, seed: number): Promise<Scenari
       const s = await settlement.accountState(p.address);
       const m = model.account(p.address);
       expect(
-        [s.lastSlot, s.billed, s.importWh, s.exportWh, s.slotNetWh, s.scheduledWh, s.deposit, s.debt],
+        [s.lastSlot, s.billed, s.importWh, s.exportWh, s.deviationWh, s.earned, s.deposit, s.debt],
         `${where}: account ${p.name}`,
-      ).to.deep.equal([m.lastSlot, m.billed, m.importWh, m.exportWh, m.slotNetWh, m.scheduledWh, m.deposit, m.debt]);
+      ).to.deep.equal([m.lastSlot, m.billed, m.importWh, m.exportWh, m.deviationWh, m.earned, m.deposit, m.debt]);
       const before = observedRegisters.get(p.address);
       if (before !== undefined) {
         expect(s.importWh >= before[0] && s.exportWh >= before[1], `${where}: registers of ${p.name} never decrease`).to.equal(true);
@@ -358,11 +389,12 @@ export async function runScenario(market: Market, seed: number): Promise<Scenari
           s.billed,
           s.priced,
           s.closed,
-          s.scheduledPrice,
           s.price,
           s.feedInPrice,
           s.retailPrice,
           s.pool,
+          s.upWh,
+          s.downWh,
         ],
         `${where}: slot ${slot}`,
       ).to.deep.equal([
@@ -373,11 +405,12 @@ export async function runScenario(market: Market, seed: number): Promise<Scenari
         m.billed,
         m.priced,
         m.closed,
-        m.scheduledPrice,
         m.price,
         m.feedInPrice,
         m.retailPrice,
         m.pool,
+        0n, // no intra-day market: no activated flexibility
+        0n,
       ]);
     }
   }
@@ -575,17 +608,26 @@ export async function runScenario(market: Market, seed: number): Promise<Scenari
     if (paid > 0n) expect((await settlement.slotState(slot)).closed, `seed ${seed}: slot ${slot} with schedule payments closed`).to.equal(true);
   }
   expect(await settlement.openPool(), `seed ${seed}: no open pool once every slot is closed`).to.equal(0n);
-  // Every scheduled seller whose reading of the slot counted was paid its scheduled revenue exactly
-  // once (billed twice is refused on the way); one without such a reading was not billed for the slot.
+  // Every scheduled sale covered by a counted reading was paid exactly once, with that reading's
+  // bill (no award is covered twice, no reading billed twice: checked on the way); so each seller's
+  // scheduled earnings add up to exactly its covered sales.
+  const coveredSales = new Map<string, bigint>();
   for (const [key, q] of awards) {
     if (q >= 0n) continue;
     const [slotText, account] = key.split(":") as [string, string];
-    const slot = BigInt(slotText);
-    if (counted.has(key)) {
-      expect(billed.get(key), `seed ${seed}: scheduled revenue paid to ${account} for slot ${slot}`).to.equal(scheduledRevenue(slot, account));
-    } else {
-      expect(billed.has(key), `seed ${seed}: ${account} billed for slot ${slot} without a reading`).to.equal(false);
-    }
+    const by = coveredBy.get(key);
+    if (by === undefined) continue;
+    expect(billed.has(`${by}:${account}`), `seed ${seed}: the reading of slot ${by} covering ${account}'s sale in slot ${slotText} billed`).to.equal(true);
+    coveredSales.set(account, (coveredSales.get(account) ?? 0n) + scheduledRevenue(BigInt(slotText), account));
+  }
+  const paidSales = new Map<string, bigint>();
+  for (const [key, earned] of billed) {
+    const account = key.split(":")[1] as string;
+    paidSales.set(account, (paidSales.get(account) ?? 0n) + earned);
+  }
+  for (const meter of meters) {
+    const account = meter.p.address;
+    expect(paidSales.get(account) ?? 0n, `seed ${seed}: scheduled earnings paid to ${meter.p.name}`).to.equal(coveredSales.get(account) ?? 0n);
   }
   // No energy lost from billing: each participant was billed exactly what its meter counted since its baseline.
   for (const meter of meters) {
