@@ -68,11 +68,21 @@ abstract contract SettlementTestBase {
     /// @dev The schedule the source holds for accounts[i] in a slot, and the slot's price.
     mapping(uint32 slot => mapping(uint256 i => int256)) internal awardOf;
     mapping(uint32 slot => uint256) internal awardPrice;
-    /// @dev Sums of positive and of negative deviations (metered net - schedule) of counted readings.
+    /// @dev Sums of positive and of negative deviations (metered net - covered schedules) of counted readings.
     mapping(uint32 slot => uint256) public meterDemand;
     mapping(uint32 slot => uint256) public meterSupply;
     mapping(uint32 slot => uint256) public meterReadings;
     mapping(uint32 slot => mapping(uint256 i => bool)) internal countedReading;
+    /// @dev Per counted reading: its metered net energy, and the deviation and scheduled earnings the
+    /// awards it covers give (its slot and the missed ones, at most MAX_SCHEDULE_GAP back).
+    mapping(uint32 slot => mapping(uint256 i => int256)) internal readingNet;
+    mapping(uint32 slot => mapping(uint256 i => int256)) internal expectedDeviation;
+    mapping(uint32 slot => mapping(uint256 i => uint256)) internal expectedEarned;
+    /// @dev Whether an award was covered by a counted reading, and what each account's covered sales earn.
+    mapping(uint32 slot => mapping(uint256 i => bool)) internal awardCovered;
+    mapping(uint256 i => uint256) internal coveredSales;
+    mapping(uint256 i => uint256) internal paidSales;
+    uint32 internal constant MAX_SCHEDULE_GAP = 8;
     /// @dev Per slot: bills net of shortfalls, bills, scheduled revenue paid with them, schedule payments.
     mapping(uint32 slot => int256) public billedNetTokens;
     mapping(uint32 slot => uint256) public billedCount;
@@ -186,13 +196,29 @@ abstract contract SettlementTestBase {
         return q < 0 ? uint256(-q) * awardPrice[slot] / 1000 : 0;
     }
 
-    /// @dev Counts a reading of accounts[i] that carried `net` Wh into the test's own deviation totals.
-    function _countMeter(uint32 slot, uint256 i, int256 net) internal {
-        int256 d = net - awardOf[slot][i];
+    /// @dev Counts a reading of accounts[i] in `slot` that carried `net` Wh since its last reading in
+    /// `lastSlot` into the test's own totals: it covers the awards of the slots since (at most
+    /// MAX_SCHEDULE_GAP back), and its deviation is `net` minus them.
+    function _countMeter(uint32 lastSlot, uint32 slot, uint256 i, int256 net) internal {
+        uint32 from = slot - lastSlot > MAX_SCHEDULE_GAP ? slot + 1 - MAX_SCHEDULE_GAP : lastSlot + 1;
+        int256 d = net;
+        uint256 earned;
+        for (uint32 k = from; k <= slot; ++k) {
+            d -= awardOf[k][i];
+            earned += _scheduledRevenue(k, i);
+            if (awardOf[k][i] != 0) {
+                if (awardCovered[k][i]) _violate("an award covered twice");
+                awardCovered[k][i] = true;
+            }
+        }
+        coveredSales[i] += earned;
         if (d > 0) meterDemand[slot] += uint256(d);
         else if (d < 0) meterSupply[slot] += uint256(-d);
         meterReadings[slot] += 1;
         countedReading[slot][i] = true;
+        readingNet[slot][i] = net;
+        expectedDeviation[slot][i] = d;
+        expectedEarned[slot][i] = earned;
     }
 
     function _violate(string memory why) internal {
@@ -211,10 +237,11 @@ abstract contract SettlementTestBase {
 
     /**
      * @dev Checks the logs of one call against the test's meters and schedules (records the first
-     * broken rule in `violation`): every bill is of a counted reading, carries the source's
-     * schedule, is the only one of its account and slot, and what settlement transferred to the
-     * account in the call (less its withdrawal) is its scheduled revenue floor(|q| * P / 1000) plus
-     * its deviation revenue, less what its upward deviation took from that revenue. Every closed
+     * broken rule in `violation`): every bill is of a counted reading, carries the deviation and the
+     * scheduled earnings (floor(|q| * P / 1000) per covered sale) the meters and awards give, is the
+     * only one of its account and slot, and what settlement transferred to the account in the call
+     * (less its withdrawal) is those earnings plus its deviation revenue, less what its upward
+     * deviation took from them. Every closed
      * slot conserves energy on deviations (D + absorbed == U + supplied, from the meters and the
      * schedules) and tokens (schedule payments + bills net of shortfalls - scheduled revenue == the
      * slack unit's residual), and had all its readings billed.
@@ -269,29 +296,33 @@ abstract contract SettlementTestBase {
     function _consumeBill(SettlementCheats.Log memory log, address[] memory to, int256[] memory received, uint256 n) private {
         address account = address(uint160(uint256(log.topics[1])));
         uint32 slot = uint32(uint256(log.topics[2]));
-        (int256 deviationWh, uint256 scheduledEarnings, int256 amount, uint256 shortfall) =
+        (int256 deviationWh, uint256 earned, int256 amount, uint256 shortfall) =
             abi.decode(log.data, (int256, uint256, int256, uint256));
         uint256 i = _indexOf(account);
-        if (i == N || !countedReading[slot][i]) _violate("billed without a counted reading");
+        if (i == N || !countedReading[slot][i]) {
+            _violate("billed without a counted reading");
+            return;
+        }
         if (billsOf[slot][account] > 0) _violate("an account billed twice for a slot");
         billsOf[slot][account] += 1;
-        uint256 sched = i < N ? _scheduledRevenue(slot, i) : 0;
-        if (scheduledEarnings != sched) _violate("the bill's scheduled earnings are not the source's");
+        if (deviationWh != expectedDeviation[slot][i]) _violate("the bill's deviation is not the meters' less the covered awards");
+        if (earned != expectedEarned[slot][i]) _violate("the bill's scheduled earnings are not the covered sales'");
         int256 expected;
         if (amount > 0) {
             uint256 paid = uint256(amount) - shortfall;
-            expected = int256(sched - (paid < sched ? paid : sched));
+            expected = int256(earned - (paid < earned ? paid : earned));
         } else {
-            expected = int256(sched) - amount;
+            expected = int256(earned) - amount;
         }
         int256 got;
         for (uint256 k = 0; k < n; ++k) if (to[k] == account) got = received[k];
-        if (got != expected) _violate("payout != scheduled revenue + deviation revenue - what the deviation took");
-        if (sched > 0) scheduledSellerBills += 1;
+        if (got != expected) _violate("payout != scheduled earnings + deviation revenue - what the deviation took");
+        if (earned > 0) scheduledSellerBills += 1;
+        paidSales[i] += earned;
         billedNetTokens[slot] += amount - int256(shortfall);
         billedCount[slot] += 1;
-        scheduledRevenuePaid[slot] += sched;
-        billedWh[account] += deviationWh + (i < N ? awardOf[slot][i] : int256(0));
+        scheduledRevenuePaid[slot] += earned;
+        billedWh[account] += readingNet[slot][i];
     }
 
     function _bound(uint256 x, uint256 min, uint256 max) internal pure returns (uint256) {
