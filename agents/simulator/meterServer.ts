@@ -68,6 +68,30 @@ export const SDM630_INPUTS = {
 const SDM_LAST_ADDRESS = 0x017f;
 
 /**
+ * Input registers of the house's controllable devices (float32, big-endian word order, as
+ * the SDM block), served like SETPOINT_REGISTERS under the meter's unit id. A device the
+ * house does not have reads as NaN (SunSpec's "not implemented" for floats).
+ */
+export const DEVICE_INPUTS = {
+  /** State of charge, 0 to 100 %. */
+  batterySocPct: 0x1100,
+  /** AC power, positive discharging. */
+  batteryPowerW: 0x1102,
+  /** 1 while the car is plugged in, else 0. */
+  evPluggedIn: 0x1104,
+  /** Energy delivered in the current plug-in session. */
+  evSessionWh: 0x1106,
+  /** Energy the car still asks for in this session (as ISO 15118 reports it). */
+  evRemainingWh: 0x1108,
+  evPowerW: 0x110a,
+  flexibleLoadPowerW: 0x110c,
+  /** Seconds the flexible load stays shed; 0 while it runs. */
+  flexibleLoadShedSeconds: 0x110e,
+} as const;
+const DEVICE_FIRST_ADDRESS = 0x1100;
+const DEVICE_LAST_ADDRESS = 0x110f;
+
+/**
  * Holding registers of the house's controllable devices, which the simulator serves
  * under the meter's unit id (as a gateway would). Writing a power register engages it;
  * writing 0 to a mode register returns the device to its own behaviour.
@@ -81,6 +105,8 @@ export const SETPOINT_REGISTERS = {
   evMode: 0x1002,
   /** uint16 W. */
   evPowerW: 0x1003,
+  /** uint16 s: shed the flexible load for this long from now (it then runs again by itself); 0 = run now. */
+  flexibleLoadShedSeconds: 0x1004,
 } as const;
 
 export const BATTERY_MODE = { auto: 0, fixed: 1 } as const;
@@ -130,14 +156,23 @@ export class SimulatedMeter {
   }
 
   inputRegisters(address: number, length: number): number[] {
-    if (address + length - 1 > SDM_LAST_ADDRESS) {
-      throw new ModbusException(ILLEGAL_DATA_ADDRESS, `input registers end at ${SDM_LAST_ADDRESS}`);
+    const last = address + length - 1;
+    const inDeviceBlock = address >= DEVICE_FIRST_ADDRESS && last <= DEVICE_LAST_ADDRESS;
+    if (last > SDM_LAST_ADDRESS && !inDeviceBlock) {
+      throw new ModbusException(
+        ILLEGAL_DATA_ADDRESS,
+        `input registers end at ${SDM_LAST_ADDRESS}; device registers span ${DEVICE_FIRST_ADDRESS} to ${DEVICE_LAST_ADDRESS}`,
+      );
     }
     const image = new Map<number, number>();
     const put = (at: number, value: number) => {
       const [hi, lo] = float32Words(value);
       image.set(at, hi).set(at + 1, lo);
     };
+    if (inDeviceBlock) {
+      this.putDeviceState(put);
+      return Array.from({ length }, (_, i) => image.get(address + i) ?? 0);
+    }
     const s = this.snapshot(); // one snapshot per request: import and export from the same instant
     put(SDM630_INPUTS.phase1VoltageV, 230);
     put(SDM630_INPUTS.phase2VoltageV, 230);
@@ -148,6 +183,23 @@ export class SimulatedMeter {
     put(SDM630_INPUTS.exportKwh, s.exportKwh);
     put(SDM630_INPUTS.totalKwh, Math.fround(s.importKwh + s.exportKwh));
     return Array.from({ length }, (_, i) => image.get(address + i) ?? 0);
+  }
+
+  /** The devices' state at the clock's time, into the DEVICE_INPUTS block. */
+  private putDeviceState(put: (at: number, value: number) => void): void {
+    this.household.advanceTo(clockTime(this.clock));
+    const powers = this.household.powers();
+    const battery = this.household.batteryState();
+    const ev = this.household.evState();
+    const flex = this.household.flexibleLoadState();
+    put(DEVICE_INPUTS.batterySocPct, battery === undefined ? NaN : battery.soc * 100);
+    put(DEVICE_INPUTS.batteryPowerW, battery === undefined ? NaN : powers.batteryW);
+    put(DEVICE_INPUTS.evPluggedIn, ev === undefined ? NaN : ev.pluggedIn ? 1 : 0);
+    put(DEVICE_INPUTS.evSessionWh, ev === undefined ? NaN : ev.deliveredWh);
+    put(DEVICE_INPUTS.evRemainingWh, ev === undefined ? NaN : ev.remainingWh);
+    put(DEVICE_INPUTS.evPowerW, ev === undefined ? NaN : powers.evW);
+    put(DEVICE_INPUTS.flexibleLoadPowerW, flex === undefined ? NaN : flex.powerW);
+    put(DEVICE_INPUTS.flexibleLoadShedSeconds, flex === undefined ? NaN : flex.shedSeconds);
   }
 
   holdingRegister(address: number): number {
@@ -163,6 +215,8 @@ export class SimulatedMeter {
         return ev === undefined ? 0 : EV_MODE[ev.setpoint.mode === "power" ? "power" : ev.setpoint.mode];
       case SETPOINT_REGISTERS.evPowerW:
         return this.evPowerW;
+      case SETPOINT_REGISTERS.flexibleLoadShedSeconds:
+        return Math.min(0xffff, Math.ceil(this.household.flexibleLoadState()?.shedSeconds ?? 0));
       default:
         throw new ModbusException(ILLEGAL_DATA_ADDRESS, `no holding register at ${address}`);
     }
@@ -200,6 +254,10 @@ export class SimulatedMeter {
         needEv();
         this.evPowerW = value;
         this.household.setEvSetpoint({ mode: "power", powerW: value });
+        return;
+      case SETPOINT_REGISTERS.flexibleLoadShedSeconds:
+        if (!this.household.hasFlexibleLoad) throw new ModbusException(ILLEGAL_DATA_ADDRESS, "this house has no flexible load");
+        this.household.shedFlexibleLoad(value);
         return;
       default:
         throw new ModbusException(ILLEGAL_DATA_ADDRESS, `no holding register at ${address}`);

@@ -3,8 +3,8 @@
  *
  * Load and PV are pure functions of time and a seed (noise comes from hashing the seed
  * with the time bucket, not from a sequential PRNG), so a household's inputs do not
- * depend on how often the simulation is stepped. Only the battery and the EV charger
- * carry state. All times are UTC instants; "local" time is UTC plus a fixed offset, so
+ * depend on how often the simulation is stepped. Only the battery, the EV charger and the
+ * flexible load carry state. All times are UTC instants; "local" time is UTC plus a fixed offset, so
  * results do not depend on the machine's time zone (daylight saving is ignored).
  */
 
@@ -310,6 +310,38 @@ export class EvCharger {
 }
 
 // ---------------------------------------------------------------------------------------
+// Flexible load
+
+/**
+ * A load that runs at a steady power (a heat pump, a pool pump) and may be shed for a
+ * while, as with an SG-Ready or EEBus "limit for a duration" command: it resumes by
+ * itself when the shed time runs out, so a lost controller cannot leave it off.
+ * The delayed consumption is not made up afterwards (no rebound is modelled).
+ */
+export interface FlexibleLoadSpec {
+  powerW: number;
+}
+
+export class FlexibleLoad {
+  /** Seconds the load stays shed from the simulator's current time; 0 while it runs. */
+  shedSeconds = 0;
+
+  constructor(readonly spec: FlexibleLoadSpec) {}
+
+  powerW(): number {
+    return this.shedSeconds > 0 ? 0 : this.spec.powerW;
+  }
+
+  secondsToLimit(): number {
+    return this.shedSeconds > 0 ? this.shedSeconds : Infinity;
+  }
+
+  apply(seconds: number, reachesLimit: boolean): void {
+    if (this.shedSeconds > 0) this.shedSeconds = reachesLimit ? 0 : this.shedSeconds - seconds;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
 // Household
 
 export type HouseholdKind = "consumer" | "pvProsumer" | "batteryProsumer" | "evOwner" | "producer" | "slackUnit";
@@ -322,6 +354,8 @@ export interface HouseholdSpec {
   pv?: PvSpec;
   battery?: BatterySpec;
   ev?: EvSpec;
+  /** Part of the house's load that can be shed; its power counts in `loadW`. */
+  flexibleLoad?: FlexibleLoadSpec;
 }
 
 /** Where the default neighbourhood lies: about 50°N, 8.7°E (Frankfurt am Main), CET. */
@@ -407,6 +441,7 @@ export class HouseholdSimulator {
   private readonly stepMs: number;
   private readonly battery: Battery | undefined;
   private readonly ev: EvCharger | undefined;
+  private readonly flexibleLoad: FlexibleLoad | undefined;
   private importWh = 0;
   private exportWh = 0;
   private readonly flowWh: EnergyFlows = { loadWh: 0, pvWh: 0, evWh: 0, batteryDischargeWh: 0, batteryChargeWh: 0 };
@@ -423,6 +458,7 @@ export class HouseholdSimulator {
     this.cursor = start.getTime();
     this.battery = spec.battery === undefined ? undefined : new Battery(spec.battery);
     this.ev = spec.ev === undefined ? undefined : new EvCharger(spec.ev, spec.utcOffsetMinutes);
+    this.flexibleLoad = spec.flexibleLoad === undefined ? undefined : new FlexibleLoad(spec.flexibleLoad);
   }
 
   get time(): Date {
@@ -445,6 +481,10 @@ export class HouseholdSimulator {
     return this.ev !== undefined;
   }
 
+  get hasFlexibleLoad(): boolean {
+    return this.flexibleLoad !== undefined;
+  }
+
   batteryState(): { storedWh: number; soc: number; setpoint: BatterySetpoint } | undefined {
     const b = this.battery;
     return b === undefined ? undefined : { storedWh: b.storedWh, soc: b.soc, setpoint: b.setpoint };
@@ -456,6 +496,11 @@ export class HouseholdSimulator {
     return ev === undefined ? undefined : { pluggedIn: ev.pluggedIn, deliveredWh: ev.deliveredWh, remainingWh: ev.remainingWh, setpoint: ev.setpoint };
   }
 
+  flexibleLoadState(): { powerW: number; shedSeconds: number } | undefined {
+    const f = this.flexibleLoad;
+    return f === undefined ? undefined : { powerW: f.powerW(), shedSeconds: f.shedSeconds };
+  }
+
   /** Takes effect from the simulator's current time; advance it to "now" first. */
   setBatterySetpoint(setpoint: BatterySetpoint): void {
     if (this.battery === undefined) throw new RangeError(`a ${this.spec.kind} household has no battery`);
@@ -465,6 +510,13 @@ export class HouseholdSimulator {
   setEvSetpoint(setpoint: EvSetpoint): void {
     if (this.ev === undefined) throw new RangeError(`a ${this.spec.kind} household has no EV charger`);
     this.ev.setpoint = setpoint;
+  }
+
+  /** Sheds the flexible load for `seconds` from the simulator's current time (0: it runs again now). */
+  shedFlexibleLoad(seconds: number): void {
+    if (this.flexibleLoad === undefined) throw new RangeError(`a ${this.spec.kind} household has no flexible load`);
+    if (!(seconds >= 0) || !Number.isFinite(seconds)) throw new RangeError(`shed time must be a non-negative number of seconds, got ${seconds}`);
+    this.flexibleLoad.shedSeconds = seconds;
   }
 
   /** The powers in effect at the simulator's current time. */
@@ -497,7 +549,8 @@ export class HouseholdSimulator {
     return this.inputs;
   }
 
-  private split(loadW: number, pvW: number): PowerBreakdown {
+  private split(baseLoadW: number, pvW: number): PowerBreakdown {
+    const loadW = baseLoadW + (this.flexibleLoad?.powerW() ?? 0);
     const evW = this.ev?.powerW() ?? 0;
     const batteryW = this.battery?.powerW(loadW + evW - pvW) ?? 0;
     return { loadW, pvW, batteryW, evW, netW: loadW + evW - pvW - batteryW };
@@ -513,7 +566,8 @@ export class HouseholdSimulator {
       const p = this.split(loadW, pvW);
       const evLimit = this.ev?.secondsToLimit(p.evW) ?? Infinity;
       const batteryLimit = this.battery?.secondsToLimit(p.batteryW) ?? Infinity;
-      const dt = Math.min(remaining, evLimit, batteryLimit);
+      const flexLimit = this.flexibleLoad?.secondsToLimit() ?? Infinity;
+      const dt = Math.min(remaining, evLimit, batteryLimit, flexLimit);
       if (p.netW > 0) this.importWh += (p.netW * dt) / 3600;
       else this.exportWh += (-p.netW * dt) / 3600;
       const f = this.flowWh;
@@ -524,6 +578,7 @@ export class HouseholdSimulator {
       else f.batteryChargeWh += (-p.batteryW * dt) / 3600;
       this.ev?.apply(p.evW, dt, evLimit <= dt);
       this.battery?.apply(p.batteryW, dt, batteryLimit <= dt);
+      this.flexibleLoad?.apply(dt, flexLimit <= dt);
       remaining -= dt;
     }
   }
