@@ -3,6 +3,7 @@ import { getAddress, isAddress } from "ethers";
 import { ConfigError } from "../errors.js";
 import type { MeterConnection } from "../meters/modbusMeter.js";
 import { resolveRegisterMap, type RegisterMap } from "../meters/registerMaps.js";
+import { parseAssets, type AssetsConfig } from "./flexibility.js";
 
 /** A meter agent's configuration, validated. Keys are not in it: they come from the environment. */
 export interface MeterAgentConfig {
@@ -19,6 +20,8 @@ export interface MeterAgentConfig {
   pollIntervalMs: number;
   selfSubmitAfterMs: number;
   captureLagMs: number;
+  /** The household's flexible assets (battery, EV charger, flexible loads), if it offers flexibility. */
+  assets?: AssetsConfig | undefined;
 }
 
 const DEFAULTS = { pollIntervalMs: 5_000, selfSubmitAfterMs: 120_000, captureLagMs: 60_000 };
@@ -37,7 +40,7 @@ export function loadMeterAgentConfig(file: string): MeterAgentConfig {
 export function parseMeterAgentConfig(raw: unknown): MeterAgentConfig {
   if (typeof raw !== "object" || raw === null) throw new ConfigError("(config)", "must be a JSON object");
   const c = raw as Record<string, unknown>;
-  const known = ["account", "rpcUrl", "settlement", "deploymentDir", "meter", "stateFile", "masterUrl", "pollIntervalMs", "selfSubmitAfterMs", "captureLagMs"];
+  const known = ["account", "rpcUrl", "settlement", "deploymentDir", "meter", "stateFile", "masterUrl", "pollIntervalMs", "selfSubmitAfterMs", "captureLagMs", "assets"];
   for (const key of Object.keys(c)) if (!known.includes(key)) throw new ConfigError(key, `unknown field; expected one of ${known.join(", ")}`);
 
   const settlement = optional(c, "settlement", address);
@@ -56,6 +59,7 @@ export function parseMeterAgentConfig(raw: unknown): MeterAgentConfig {
     pollIntervalMs: optional(c, "pollIntervalMs", positive) ?? DEFAULTS.pollIntervalMs,
     selfSubmitAfterMs: optional(c, "selfSubmitAfterMs", positive) ?? DEFAULTS.selfSubmitAfterMs,
     captureLagMs: optional(c, "captureLagMs", positive) ?? DEFAULTS.captureLagMs,
+    assets: optional(c, "assets", parseAssets),
   };
 }
 
