@@ -35,7 +35,7 @@ const EXTRA = 24;
 /** One real clearing every this many books (the rest are checked with staticCall only). */
 const REAL_CLEAR_EVERY = 12;
 /** Perturbations of each book's clearing checked (drawn from every applicable one). */
-const PERTURBATIONS_PER_BOOK = 5;
+const PERTURBATIONS_PER_BOOK = 4;
 /** Orders per placeOrders transaction (each new order costs ~50k gas; the cap is 2^24 per transaction). */
 const CHUNK = 120;
 
@@ -369,7 +369,7 @@ describe("DayAheadMarket clearing property", function () {
     expect(stats.crossing).to.be.greaterThan(BOOKS / 4);
     expect(stats.noCrossing).to.be.greaterThan(BOOKS / 20);
     expect(stats.partialMarginal).to.be.greaterThan(10);
-    expect(stats.rejected).to.be.greaterThan(BOOKS * 4);
+    expect(stats.rejected).to.be.greaterThan(BOOKS * 3.5);
     // Every kind of perturbation was tried many times.
     expect([...stats.rejectedBy.keys()].sort()).to.deep.equal([...PERTURBATION_LABELS].sort());
     for (const [label, count] of stats.rejectedBy) expect(count, label).to.be.greaterThan(300);
