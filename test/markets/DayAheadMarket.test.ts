@@ -319,6 +319,42 @@ describe("DayAheadMarket", () => {
       expect(await da.openEscrow([slot, slot + 1n, slot + 2n, slot + 3n, slot + 96n], [a("alice")])).to.equal(11_494n);
     });
 
+    it("lets only an account's meter agent place orders for it (placeOrdersFor), escrow moving from the account", async () => {
+      const { da, dayAhead, token, slot, a } = await fixture();
+      const agentOf = async (name: string) => {
+        const key = da.market.p(name).meterKey.connect(ethers.provider);
+        await networkHelpers.setBalance(key.address, 10n ** 20n);
+        return key;
+      };
+      const aliceAgent = await agentOf("alice");
+      const bobAgent = await agentOf("bob");
+      const orders = [
+        { slot, isSell: BUY, qtyWh: 1_000n, price: 100_000n },
+        { slot: slot + 1n, isSell: SELL, qtyWh: 500n, price: 60_000n },
+      ];
+      const tx = dayAhead.connect(aliceAgent).placeOrdersFor(a("alice"), orders);
+      await expect(tx).to.changeTokenBalances(ethers, token, [a("alice"), aliceAgent.address, da.address], [-100_000n, 0n, 100_000n]);
+      await expect(tx).to.emit(dayAhead, "OrderPlaced").withArgs(a("alice"), slot, BUY, 1_000n, 100_000n, 100_000n);
+      expect((await dayAhead.orderOf(slot + 1n, a("alice"))).isSell).to.equal(true);
+      // A change through the agent refunds to the account.
+      await expect(dayAhead.connect(aliceAgent).placeOrdersFor(a("alice"), [{ slot, isSell: BUY, qtyWh: 10n, price: 100_000n }])).to.changeTokenBalances(
+        ethers,
+        token,
+        [a("alice"), da.address],
+        [99_000n, -99_000n],
+      );
+      await da.expectEscrow(1_000n);
+      // Anyone else (another account's agent, the account itself, an outsider) is refused.
+      for (const caller of [bobAgent, da.signer("alice"), da.market.outsider]) {
+        await expect(dayAhead.connect(caller).placeOrdersFor(a("alice"), orders))
+          .to.be.revertedWithCustomError(dayAhead, "OrderNotAgent")
+          .withArgs(a("alice"), caller.address);
+      }
+      // The agent of a suspended account cannot place for it either.
+      await da.market.registry.connect(da.market.admin).suspend(a("bob"));
+      await expect(dayAhead.connect(bobAgent).placeOrdersFor(a("bob"), orders)).to.be.revertedWithCustomError(dayAhead, "OrderNotAllowed").withArgs(a("bob"));
+    });
+
     it("places an order with an EIP-2612 permit instead of an approval", async () => {
       const { da, dayAhead, token, slot, a } = await fixture();
       const noapp = da.signer("noapp");
