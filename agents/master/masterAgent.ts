@@ -182,12 +182,12 @@ export class MasterAgent {
         const receipt = await (await settlement.submitReadings(batch)).wait();
         this.o.logger({ level: "info", msg: "readings relayed", slot, count: batch.length, gas: receipt?.gasUsed });
       } catch (e) {
-        this.o.logger({ level: "error", msg: "relay failed; agents will submit alone", slot, error: shortError(e) });
+        this.o.logger({ level: "error", msg: "relay failed; agents will submit alone", slot, error: shortError(e, settlement.interface) });
       }
     }
   }
 
-  /** Drops readings the contract would refuse (wrong key, conflict, on chain already...). */
+  /** Drops readings the contract would refuse (wrong key, conflict, on chain already...); one per account. */
   private async validOnes(readings: SignedReading[]): Promise<SignedReading[]> {
     const { settlement } = this.o;
     const verdicts = await Promise.all(
@@ -203,7 +203,13 @@ export class MasterAgent {
         }
       }),
     );
-    return readings.filter((_, i) => verdicts[i]);
+    const seen = new Set<string>();
+    return readings.filter((s, i) => {
+      const key = s.reading.account.toLowerCase();
+      if (!verdicts[i] || seen.has(key)) return false;
+      seen.add(key);
+      return true;
+    });
   }
 
   /** How many readings to wait for: every registered participant but the slack unit. */

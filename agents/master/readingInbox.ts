@@ -5,15 +5,19 @@ import { fromJson, type SignedReading, type SignedReadingJson } from "../chain/r
 import type { Logger } from "../log.js";
 
 const MAX_BODY_BYTES = 4096;
+/** Candidates kept per account and slot: a forged post cannot push out the genuine reading. */
+const MAX_CANDIDATES = 4;
 
 /**
  * The master's HTTP inbox for signed readings (POST /readings). It only collects: whatever
  * it holds is checked by the contract when relayed, and a reading whose signature does not
- * match its meter key is refused there. The inbox keeps one reading per account and slot.
+ * match its meter key is refused there. The inbox keeps a few distinct candidates per account
+ * and slot, so that someone posting a forged reading cannot displace the genuine one; the
+ * master relays the first candidate the contract accepts.
  */
 export class ReadingInbox {
   private server: Server | undefined;
-  private readonly bySlot = new Map<number, Map<string, SignedReading>>();
+  private readonly bySlot = new Map<number, Map<string, SignedReading[]>>();
   private readonly waiters = new Set<() => void>();
 
   constructor(private readonly logger: Logger) {}
@@ -41,13 +45,17 @@ export class ReadingInbox {
     const slot = signed.reading.slot;
     let readings = this.bySlot.get(slot);
     if (!readings) this.bySlot.set(slot, (readings = new Map()));
-    readings.set(signed.reading.account.toLowerCase(), signed);
+    const key = signed.reading.account.toLowerCase();
+    const candidates = readings.get(key) ?? [];
+    const same = (x: SignedReading): boolean => x.r === signed.r && x.vs === signed.vs && x.reading.importWh === signed.reading.importWh && x.reading.exportWh === signed.reading.exportWh;
+    if (!candidates.some(same) && candidates.length < MAX_CANDIDATES) candidates.push(signed);
+    readings.set(key, candidates);
     for (const wake of this.waiters) wake();
   }
 
-  /** Removes and returns the readings held for `slot`. */
+  /** Removes and returns the readings held for `slot`: every candidate, in arrival order per account. */
   take(slot: number): SignedReading[] {
-    const readings = [...(this.bySlot.get(slot)?.values() ?? [])];
+    const readings = [...(this.bySlot.get(slot)?.values() ?? [])].flat();
     this.bySlot.delete(slot);
     for (const s of this.bySlot.keys()) if (s < slot) this.bySlot.delete(s); // stale ones can only fail now
     return readings;

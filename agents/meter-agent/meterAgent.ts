@@ -281,7 +281,7 @@ export class MeterAgent {
       this.o.logger({ level: "info", msg: "reading submitted by agent", slot: s.reading.slot, tx: tx.hash });
       return true;
     } catch (e) {
-      this.o.logger({ level: "warn", msg: "own submission failed; will retry", slot: s.reading.slot, error: shortError(e) });
+      this.o.logger({ level: "warn", msg: "own submission failed; will retry", slot: s.reading.slot, error: shortError(e, this.o.settlement.interface) });
       return false;
     }
   }
@@ -303,9 +303,21 @@ function strings(r: { importWh: bigint; exportWh: bigint }): { importWh: string;
   return { importWh: r.importWh.toString(), exportWh: r.exportWh.toString() };
 }
 
-/** ethers errors carry long payloads; the first line and any revert name is what a log needs. */
-export function shortError(e: unknown): string {
-  const err = e as { shortMessage?: string; revert?: { name?: string; args?: unknown[] }; message?: string };
+/**
+ * ethers errors carry long payloads; the first line and any revert name is what a log needs.
+ * ethers does not decode custom errors of a sent transaction, so pass the contract's
+ * interface (`contract.interface`) to have them named.
+ */
+export function shortError(e: unknown, iface?: { parseError(data: string): { name: string; args: ArrayLike<unknown> } | null }): string {
+  const err = e as { shortMessage?: string; revert?: { name?: string; args?: unknown[] }; message?: string; data?: unknown };
   if (err.revert?.name) return `${err.revert.name}(${(err.revert.args ?? []).map(String).join(", ")})`;
+  if (iface && typeof err.data === "string" && err.data.length >= 10) {
+    try {
+      const parsed = iface.parseError(err.data);
+      if (parsed) return `${parsed.name}(${Array.from(parsed.args).map(String).join(", ")})`;
+    } catch {
+      // not one of this contract's errors: fall through to the message
+    }
+  }
   return err.shortMessage ?? err.message?.split("\n")[0] ?? String(e);
 }
