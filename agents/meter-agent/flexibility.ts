@@ -3,6 +3,7 @@ import { ConfigError, MarketError } from "../errors.js";
 import { silentLogger, type Logger } from "../log.js";
 import type { MeterConnection, ModbusMeter, SetpointType } from "../meters/modbusMeter.js";
 import { BATTERY_MODE, DEVICE_INPUTS, EV_MODE, SETPOINT_REGISTERS } from "../simulator/meterServer.js";
+import type { HouseholdSpec } from "../simulator/profiles.js";
 
 /**
  * The household's flexibility in the intra-day balancing market: what its battery, EV
@@ -69,6 +70,12 @@ export interface BatteryAsset {
   maxSocPct: number;
   /** One-way efficiency, applied when charging and again when discharging (as in the simulator). */
   efficiency: number;
+  /**
+   * Share of the projected capacity offered (default 0.9). What the battery can add to or
+   * take from its self-consumption depends on the house's load and PV at the slot, which
+   * the projection holds at their last reading; the EV and flexible loads need no margin.
+   */
+  offerShare: number;
   registers: BatteryRegisters;
 }
 
@@ -191,7 +198,7 @@ function parseDevice(value: unknown, field: string): Asset {
   if (!isObject(value)) throw new ConfigError(field, 'must be an object with kind "battery", "ev" or "flexibleLoad"');
   switch (value.kind) {
     case "battery": {
-      rejectUnknown(value, ["kind", "capacityWh", "maxPowerW", "minSocPct", "maxSocPct", "efficiency", "registers"], field);
+      rejectUnknown(value, ["kind", "capacityWh", "maxPowerW", "minSocPct", "maxSocPct", "efficiency", "offerShare", "registers"], field);
       const minSocPct = num(value.minSocPct, `${field}.minSocPct`, (n) => n >= 0 && n < 100, "a percentage from 0 to below 100");
       const maxSocPct = num(value.maxSocPct, `${field}.maxSocPct`, (n) => n > minSocPct && n <= 100, `a percentage above minSocPct (${minSocPct}) up to 100`);
       return {
@@ -202,6 +209,7 @@ function parseDevice(value: unknown, field: string): Asset {
         minSocPct,
         maxSocPct,
         efficiency: value.efficiency === undefined ? 0.95 : num(value.efficiency, `${field}.efficiency`, (n) => n > 0 && n <= 1, "a fraction above 0 up to 1"),
+        offerShare: value.offerShare === undefined ? 0.9 : num(value.offerShare, `${field}.offerShare`, (n) => n > 0 && n <= 1, "a fraction above 0 up to 1"),
         registers: registers(value.registers, DEFAULT_BATTERY_REGISTERS, [], `${field}.registers`),
       };
     }
@@ -276,6 +284,29 @@ export function parseAssets(raw: unknown, field = "assets"): AssetsConfig {
     }
   });
   return { utcOffsetMinutes, preference: preference as OfferPreference, minOfferWh, devices };
+}
+
+/**
+ * The assets of a simulated household (agents/simulator/profiles.ts), as a meter agent
+ * would configure them, or undefined if it has none: for demos and tests. The plan asks
+ * for the most a session may need, so the car always leaves with what it asked for.
+ */
+export function assetsOfSimulatedHousehold(spec: HouseholdSpec, preference: OfferPreference = "larger"): AssetsConfig | undefined {
+  const hhmm = (hours: number) => {
+    const minutes = Math.round(hours * 60) % 1440;
+    return `${String(Math.floor(minutes / 60)).padStart(2, "0")}:${String(minutes % 60).padStart(2, "0")}`;
+  };
+  const devices: unknown[] = [];
+  const b = spec.battery;
+  if (b !== undefined) {
+    devices.push({ kind: "battery", capacityWh: b.capacityKwh * 1000, maxPowerW: b.maxPowerKw * 1000, minSocPct: b.socMin * 100, maxSocPct: b.socMax * 100, efficiency: b.efficiency });
+  }
+  const ev = spec.ev;
+  if (ev !== undefined) {
+    devices.push({ kind: "ev", availableFrom: hhmm(ev.arriveHour), departure: hhmm(ev.departHour), energyNeededWh: ev.needKwh * 1500, maxPowerW: ev.maxPowerKw * 1000 });
+  }
+  if (spec.flexibleLoad !== undefined) devices.push({ kind: "flexibleLoad", powerW: spec.flexibleLoad.powerW, maxDelayMinutes: 15 });
+  return devices.length === 0 ? undefined : parseAssets({ utcOffsetMinutes: spec.utcOffsetMinutes, preference, devices });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -738,6 +769,7 @@ export interface FlexibilityControllerOptions {
  *  - before its gate closure: `readState()`, then `offerFor(S)` (or `offersFor`);
  *  - once S is cleared with an activation: `noteActivation(S, wh)` (optional: later offers then allow for it);
  *  - at S's start: `activate(S, wh)` if activated (it reads the devices and writes the set-points);
+ *  - during S: `track()` on every poll (keeps the battery following the house as self-consumption would);
  *  - at S's end: `release()` if nothing is activated in the next slot (activating the next slot replaces the set-points).
  * At start-up, `release()` once puts devices a crashed agent left under control back to automatic.
  */
@@ -747,7 +779,7 @@ export class FlexibilityController {
   private state: FlexibilityState | undefined;
   /** Cleared activations the controller knows of, by slot (+ downward, − upward). */
   private readonly activations = new Map<number, number>();
-  private active: { slot: number; atMs: number; commands: DeviceCommand[] } | undefined;
+  private active: { slot: number; atMs: number; commands: DeviceCommand[]; batteryOffsetW: number } | undefined;
   /** Shed episodes of flexible loads, by device index. */
   private readonly episodes = new Map<number, Episode>();
 
@@ -842,8 +874,12 @@ export class FlexibilityController {
     const atStart = this.project(startMs);
     const caps = this.model.capacities(atStart, slotSeconds, startMs, this.evWindow(startMs));
     const offers: FlexibilityOffer[] = [];
-    const upWh = BigInt(Math.floor(caps.reduce((s, c) => s + c.upWh, 0) + 1e-9));
-    const downWh = BigInt(Math.floor(caps.reduce((s, c) => s + c.downWh, 0) + 1e-9));
+    const share = (i: number) => {
+      const d = this.o.assets.devices[i]!;
+      return d.kind === "battery" ? d.offerShare : 1;
+    };
+    const upWh = BigInt(Math.floor(caps.reduce((s, c, i) => s + c.upWh * share(i), 0) + 1e-9));
+    const downWh = BigInt(Math.floor(caps.reduce((s, c, i) => s + c.downWh * share(i), 0) + 1e-9));
     const min = BigInt(this.o.assets.minOfferWh);
     if (upWh >= min) offers.push({ slot, isUp: true, qtyWh: upWh });
     if (downWh >= min) offers.push({ slot, isUp: false, qtyWh: downWh });
@@ -888,7 +924,11 @@ export class FlexibilityController {
       await this.release().catch(() => {});
       throw error;
     }
-    this.active = { slot, atMs: nowMs, commands };
+    // The battery's share as a power on top of what self-consumption would do: track() keeps it there.
+    const b = this.o.assets.devices.findIndex((d) => d.kind === "battery");
+    const bc = commands[b];
+    const batteryOffsetW = bc?.kind === "battery" && bc.mode === "fixed" ? bc.dischargeW + (caps[b]!.baselineWh * HOUR_S) / seconds : 0;
+    this.active = { slot, atMs: nowMs, commands, batteryOffsetW };
     const after = this.model.withEpisodes(plant, commands, nowMs, startMs);
     after.devices.forEach((d, i) => {
       if (d.kind === "flexibleLoad" && d.episode !== undefined) this.episodes.set(i, d.episode);
@@ -896,6 +936,28 @@ export class FlexibilityController {
     const shortfallWh = Math.max(0, Math.abs(requested) - Math.abs(plannedWh));
     this.logger({ level: shortfallWh > 1 ? "warn" : "info", msg: "flexibility activated", slot, requestedWh: requested, plannedWh: Math.round(plannedWh), shortfallWh: Math.round(shortfallWh), commands });
     return { slot, requestedWh: activatedWh, plannedWh, shortfallWh, commands };
+  }
+
+  /**
+   * During an activated slot, re-pins the battery to what self-consumption would do now
+   * plus its share of the activation, so that it keeps following the house's load and PV
+   * as the baseline does. Without it the battery holds the power set at activation, and
+   * the slot delivers the activation give or take how far load and PV move in the slot.
+   * Call it on every poll; it does nothing when no battery is held or the slot is over.
+   */
+  async track(): Promise<void> {
+    const a = this.active;
+    const b = this.o.assets.devices.findIndex((d) => d.kind === "battery");
+    const command = a?.commands[b];
+    const nowMs = new Date(this.o.clock.now()).getTime();
+    if (a === undefined || command?.kind !== "battery" || command.mode !== "fixed" || nowMs >= (a.slot + 1) * this.model.slotMs) return;
+    await this.readState();
+    const battery = this.o.assets.devices[b] as BatteryAsset;
+    const auto = this.model.powers(this.plantFromState(), [], nowMs, nowMs)[b] ?? 0;
+    const dischargeW = Math.round(clamp(auto + a.batteryOffsetW, -battery.maxPowerW, battery.maxPowerW));
+    if (dischargeW === command.dischargeW) return;
+    await this.o.io.writeSetpoint(battery.registers.powerW, dischargeW, "int16");
+    a.commands[b] = { kind: "battery", mode: "fixed", dischargeW };
   }
 
   /** Returns every device to its automatic behaviour. Safe to repeat. */
