@@ -3,6 +3,7 @@ import { ConfigError, MarketError } from "../../agents/errors.js";
 import { parseMeterAgentConfig } from "../../agents/meter-agent/config.js";
 import {
   FlexibilityController,
+  assetsOfSimulatedHousehold,
   ModbusFlexibilityIo,
   parseAssets,
   pickOffer,
@@ -41,6 +42,7 @@ const batteryConfig = (extra: Record<string, unknown> = {}) => ({
   minSocPct: 10,
   maxSocPct: 95,
   efficiency: 0.95,
+  offerShare: 1, // the whole projected capacity, to check it against the limits
   ...extra,
 });
 const evConfig = (extra: Record<string, unknown> = {}) => ({
@@ -97,6 +99,18 @@ async function rig(spec: HouseholdSpec, start: Date, devices: unknown[], extra: 
   };
 }
 
+/** The offers another controller, with only `device`, makes for `slot` from the rig's house now. */
+async function offersOf(r: Rig, device: unknown, slot: number): Promise<FlexibilityOffer[]> {
+  const io = new ModbusFlexibilityIo(r.meter, { kind: "tcp", host: r.server.host, port: r.server.port, unitId: 1 });
+  const controller = new FlexibilityController({ assets: parseAssets({ utcOffsetMinutes: UTC_OFFSET, devices: [device] }), io, slotSeconds: SLOT_SECONDS, clock: r.clock });
+  try {
+    await controller.readState();
+    return controller.offersFor(slot);
+  } finally {
+    await io.close();
+  }
+}
+
 function up(offers: FlexibilityOffer[]): number {
   return Number(offers.find((o) => o.isUp)?.qtyWh ?? 0n);
 }
@@ -126,12 +140,12 @@ async function rejection(promise: Promise<unknown>): Promise<unknown> {
 
 describe("flexibility: configuration", function () {
   it("fills in the simulator's registers and defaults, and rides in the meter agent's config", function () {
-    const assets = parseAssets({ devices: [batteryConfig({ efficiency: undefined }), evConfig(), flexConfig()] });
+    const assets = parseAssets({ devices: [batteryConfig({ efficiency: undefined, offerShare: undefined }), evConfig(), flexConfig()] });
     expect(assets.utcOffsetMinutes).to.equal(0); // HH:MM times are UTC unless told otherwise
     expect(assets.preference).to.equal("larger");
     expect(assets.minOfferWh).to.equal(10);
     const [battery, ev, flex] = assets.devices;
-    expect(battery).to.deep.include({ kind: "battery", efficiency: 0.95 });
+    expect(battery).to.deep.include({ kind: "battery", efficiency: 0.95, offerShare: 0.9 });
     expect(battery?.registers).to.deep.equal({
       mode: SETPOINT_REGISTERS.batteryMode,
       powerW: SETPOINT_REGISTERS.batteryPowerW,
@@ -155,6 +169,16 @@ describe("flexibility: configuration", function () {
     expect(config.assets?.devices[0]?.kind).to.equal("flexibleLoad");
   });
 
+  it("configures a simulated household's assets as its meter agent would", function () {
+    expect(assetsOfSimulatedHousehold(householdSpec("consumer", 1, 1))).to.equal(undefined);
+    const battery = assetsOfSimulatedHousehold(householdSpec("batteryProsumer", 1, 1));
+    expect(battery?.devices.map((d) => d.kind)).to.deep.equal(["battery"]);
+    expect(battery?.utcOffsetMinutes).to.equal(60);
+    const spec = householdSpec("evOwner", 1, 1);
+    const ev = assetsOfSimulatedHousehold({ ...spec, ev: { ...spec.ev!, arriveHour: 17.6, departHour: 6.3 } })?.devices[0];
+    expect(ev).to.deep.include({ kind: "ev", availableFrom: "17:36", departure: "06:18" });
+  });
+
   it("names the field of every invalid setting", function () {
     const cases: Array<[unknown, string]> = [
       [[batteryConfig()], "assets"],
@@ -169,6 +193,7 @@ describe("flexibility: configuration", function () {
       [{ devices: [batteryConfig({ minSocPct: -1 })] }, "assets.devices[0].minSocPct"],
       [{ devices: [batteryConfig({ maxSocPct: 5 })] }, "assets.devices[0].maxSocPct"],
       [{ devices: [batteryConfig({ efficiency: 1.2 })] }, "assets.devices[0].efficiency"],
+      [{ devices: [batteryConfig({ offerShare: 0 })] }, "assets.devices[0].offerShare"],
       [{ devices: [batteryConfig({ capacityKwh: 10 })] }, "assets.devices[0].capacityKwh"],
       [{ devices: [batteryConfig({ registers: { socPct: 0x1_0000 } })] }, "assets.devices[0].registers.socPct"],
       [{ devices: [batteryConfig({ registers: { powerReadingW: null } })] }, "assets.devices[0].registers.powerReadingW"],
@@ -267,6 +292,10 @@ describe("flexibility: battery", function () {
       expect(up(offers)).to.be.below(fullSlotWh).and.above(fullSlotWh / 2);
       expect(offers.every((o) => o.slot === slot)).to.equal(true);
       expect(mid.controller.offersFor(slotOf(now) - 1, SLOT_SECONDS, now), "a slot under way gets none").to.deep.equal([]);
+      // By default 90 % of it is offered: the battery's baseline moves with load and PV.
+      const sharedOffers = await offersOf(mid, batteryConfig({ offerShare: undefined }), slot);
+      expectClose(up(sharedOffers), 0.9 * up(offers), 1);
+      expectClose(down(sharedOffers), 0.9 * down(offers), 1);
     } finally {
       await mid.close();
     }
@@ -362,6 +391,44 @@ describe("flexibility: battery", function () {
       expect(result.shortfallWh).to.be.above(3_000);
       expect(result.plannedWh).to.be.below(0).and.above(-1_000);
       expect(await rejection(r.controller.activate(s0 + 2, -100n))).to.be.instanceOf(MarketError);
+    } finally {
+      await r.close();
+    }
+  });
+});
+
+describe("flexibility: battery tracking", function () {
+  this.timeout(20_000);
+
+  it("track() keeps the held battery following the house's load and PV, so the slot delivers the activation to the watt-hour", async function () {
+    // Early afternoon under passing clouds: PV moves within the slot.
+    const pv = { peakKw: 8, weatherSeed: 2, latitudeDeg: 50.1, longitudeDeg: 8.7, performanceRatio: 0.85 };
+    const s0 = slotOf(local(16));
+    const r = await rig(house({ battery: BATTERY, pv }), slotStart(s0), [batteryConfig()]);
+    try {
+      const drift: number[] = [];
+      for (const [slot, activation, tracked] of [
+        [s0, -600, false],
+        [s0 + 1, -600, true],
+        [s0 + 2, 600, true],
+      ] as const) {
+        r.clock.set(slotStart(slot));
+        const before = await r.net();
+        const result = await r.controller.activate(slot, BigInt(activation));
+        expect(result.shortfallWh).to.equal(0);
+        for (let minute = 0; minute < 15; minute += 1) {
+          r.clock.advance(MINUTE);
+          if (tracked) await r.controller.track();
+        }
+        const after = await r.net();
+        const deliveredWh = after.meterWh - before.meterWh - (after.twinWh - before.twinWh);
+        drift.push(Math.abs(deliveredWh - activation));
+        if (tracked) expectClose(deliveredWh, activation, 3, `slot ${slot} tracked`);
+      }
+      expect(drift[0], "held at one power, PV's moves show").to.be.above(50);
+      await r.controller.release();
+      await r.controller.track(); // nothing held: does nothing
+      expect(r.server.household.batteryState()?.setpoint).to.deep.equal({ mode: "auto" });
     } finally {
       await r.close();
     }
@@ -529,19 +596,9 @@ describe("flexibility: several assets", function () {
       const offers = r.controller.offersFor(s0);
       expect(offers.map((o) => o.isUp)).to.deep.equal([true, false]);
       // Each device alone, read from the same house at the same time.
-      const alone = async (device: unknown) => {
-        const io = new ModbusFlexibilityIo(r.meter, { kind: "tcp", host: r.server.host, port: r.server.port, unitId: 1 });
-        const single = new FlexibilityController({ assets: parseAssets({ utcOffsetMinutes: UTC_OFFSET, devices: [device] }), io, slotSeconds: SLOT_SECONDS, clock: r.clock });
-        try {
-          await single.readState();
-          return single.offersFor(s0);
-        } finally {
-          await io.close();
-        }
-      };
-      const battery = await alone(batteryConfig());
-      const ev = await alone(evConfig());
-      const flex = await alone(flexConfig());
+      const battery = await offersOf(r, batteryConfig(), s0);
+      const ev = await offersOf(r, evConfig(), s0);
+      const flex = await offersOf(r, flexConfig(), s0);
       expectClose(up(offers), up(battery) + up(ev) + up(flex), 2);
       expectClose(down(offers), down(battery) + down(ev) + down(flex), 2);
       expect(up(battery)).to.equal(0);
