@@ -49,6 +49,8 @@ contract DayAheadMarket is IDayAheadMarket, AccessControl {
 
     /// @notice Role allowed to set price bounds.
     bytes32 public constant REGULATOR_ROLE = keccak256("REGULATOR_ROLE");
+    /// @notice Most orders one slot's book takes, so that its clearing fits one transaction (2^24 gas).
+    uint256 public constant MAX_BOOK_SIZE = 1000;
 
     struct Book {
         uint32 size;
@@ -89,6 +91,10 @@ contract DayAheadMarket is IDayAheadMarket, AccessControl {
         token = token_;
         registry = registry_;
         settlement = settlement_;
+        // Whole slots per day, and a gate that closes before the day starts but not a day early.
+        if (slotSeconds_ == 0 || 1 days % slotSeconds_ != 0 || gateLeadSeconds_ == 0 || gateLeadSeconds_ > 1 days) {
+            revert MarketBadTiming(slotSeconds_, gateLeadSeconds_);
+        }
         slotSeconds = slotSeconds_;
         gateLeadSeconds = gateLeadSeconds_;
         _grantRole(DEFAULT_ADMIN_ROLE, admin);
@@ -186,14 +192,18 @@ contract DayAheadMarket is IDayAheadMarket, AccessControl {
             uint256 cost = Math.ceilDiv(award * price, 1000);
             refunds[i] = _escrowOf(buys[i].qtyWh, buys[i].price) - cost;
             scheduledCost += cost;
-            if (award > 0) _orders[slot][c.buyers[i]].awardedWh = uint40(award);
-            emit OrderAwarded(c.buyers[i], slot, false, award, refunds[i]);
+            if (award > 0) {
+                _orders[slot][c.buyers[i]].awardedWh = uint40(award);
+                emit OrderAwarded(c.buyers[i], slot, false, award, refunds[i]);
+            }
         }
         for (uint256 j = 0; j < ns; ++j) {
             uint256 award = sellAward[j];
             if (award != c.sellAwardsWh[j]) revert ClearingWrongAward(c.sellers[j], award, c.sellAwardsWh[j]);
-            if (award > 0) _orders[slot][c.sellers[j]].awardedWh = uint40(award);
-            emit OrderAwarded(c.sellers[j], slot, true, award, 0);
+            if (award > 0) {
+                _orders[slot][c.sellers[j]].awardedWh = uint40(award);
+                emit OrderAwarded(c.sellers[j], slot, true, award, 0);
+            }
         }
         totalEscrow -= b.escrow;
         b.escrow = 0;
@@ -272,6 +282,7 @@ contract DayAheadMarket is IDayAheadMarket, AccessControl {
             // A cancelled order comes back with its old index (time priority).
             o.isSell = input.isSell;
         } else {
+            if (b.size >= MAX_BOOK_SIZE) revert OrderBookFull(input.slot, MAX_BOOK_SIZE);
             o.placed = true;
             o.isSell = input.isSell;
             o.index = b.size;

@@ -48,6 +48,10 @@ interface IDayAheadMarket {
 
     /// @dev The quantity was zero.
     error OrderZeroQuantity();
+    /// @dev `slot`'s book holds `max` orders already, as many as one clearing transaction can verify.
+    error OrderBookFull(uint32 slot, uint256 max);
+    /// @dev Slots must divide the day and the gate must close within the day before (seconds given).
+    error MarketBadTiming(uint256 slotSeconds, uint256 gateLeadSeconds);
     /// @dev `price` is outside the regulator's bounds [`floor`, `cap`].
     error OrderPriceOutOfBounds(uint256 price, uint256 floor, uint256 cap);
     /// @dev Orders for `slot` closed at `closedAt`.
@@ -95,7 +99,8 @@ interface IDayAheadMarket {
     event OrderCancelled(address indexed account, uint32 indexed slot, uint256 refund);
     /// @notice `slot` was cleared at `price` with `volumeWh` traded among `orders` orders, by `clearer`.
     event SlotCleared(uint32 indexed slot, uint256 price, uint256 volumeWh, uint256 orders, address clearer);
-    /// @notice `account`'s order in `slot` was awarded `awardedWh`; `refund` of its escrow went back to it.
+    /// @notice `account`'s order in `slot` was awarded `awardedWh` (> 0); `refund` of its escrow went back to it.
+    /// Orders awarded nothing get no event: a buyer's full refund shows as a Transfer.
     event OrderAwarded(address indexed account, uint32 indexed slot, bool isSell, uint256 awardedWh, uint256 refund);
     /// @notice Escrow of an order in a slot that nobody cleared went back to its owner.
     event EscrowReclaimed(address indexed account, uint32 indexed slot, uint256 refund);

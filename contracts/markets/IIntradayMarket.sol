@@ -48,6 +48,8 @@ interface IIntradayMarket {
 
     /// @dev The quantity was zero.
     error OfferZeroQuantity();
+    /// @dev `slot`'s book holds `max` offers already, as many as one clearing transaction can verify.
+    error OfferBookFull(uint32 slot, uint256 max);
     /// @dev `price` is outside the regulator's bounds [`floor`, `cap`].
     error OfferPriceOutOfBounds(uint256 price, uint256 floor, uint256 cap);
     /// @dev The balancing window of `slot` is [`opensAt`, `closesAt`).
@@ -91,7 +93,8 @@ interface IIntradayMarket {
     event OfferCancelled(address indexed account, uint32 indexed slot, uint256 refund);
     /// @notice `slot`'s expected imbalance `imbalanceWh` was covered by `activatedWh` of flexibility in direction `up`, at `price`.
     event BalancingCleared(uint32 indexed slot, int256 imbalanceWh, bool up, uint256 activatedWh, uint256 price, address clearer);
-    /// @notice `account`'s offer in `slot` was activated for `activatedWh`; `refund` of its escrow went back.
+    /// @notice `account`'s offer in `slot` was activated for `activatedWh` (> 0); `refund` of its escrow went back.
+    /// Offers not activated get no event: a downward offer's full refund shows as a Transfer.
     event OfferActivated(address indexed account, uint32 indexed slot, bool isUp, uint256 activatedWh, uint256 refund);
     /// @notice The regulator set the price bounds of offers.
     event BoundsSet(uint256 floor, uint256 cap);

@@ -39,6 +39,8 @@ contract IntradayMarket is IIntradayMarket, IBalancingSource, AccessControl {
     using SafeERC20 for IERC20;
 
     bytes32 public constant REGULATOR_ROLE = keccak256("REGULATOR_ROLE");
+    /// @notice Most offers one slot's book takes, so that its clearing fits one transaction (2^24 gas).
+    uint256 public constant MAX_BOOK_SIZE = 1000;
 
     struct Book {
         uint32 size;
@@ -186,8 +188,10 @@ contract IntradayMarket is IIntradayMarket, IBalancingSource, AccessControl {
 
         for (uint256 i = 0; i < nu; ++i) {
             if (upAct[i] != c.upActivationsWh[i]) revert BalancingWrongActivation(c.ups[i], upAct[i], c.upActivationsWh[i]);
-            if (upAct[i] > 0) _offers[slot][c.ups[i]].activatedWh = uint40(upAct[i]);
-            emit OfferActivated(c.ups[i], slot, true, upAct[i], 0);
+            if (upAct[i] > 0) {
+                _offers[slot][c.ups[i]].activatedWh = uint40(upAct[i]);
+                emit OfferActivated(c.ups[i], slot, true, upAct[i], 0);
+            }
         }
         uint256 cost;
         uint256[] memory refunds = new uint256[](nd);
@@ -196,8 +200,10 @@ contract IntradayMarket is IIntradayMarket, IBalancingSource, AccessControl {
             uint256 paid = Math.ceilDiv(downAct[j] * price, 1000);
             refunds[j] = _escrowOf(downs[j].qtyWh, downs[j].price) - paid;
             cost += paid;
-            if (downAct[j] > 0) _offers[slot][c.downs[j]].activatedWh = uint40(downAct[j]);
-            emit OfferActivated(c.downs[j], slot, false, downAct[j], refunds[j]);
+            if (downAct[j] > 0) {
+                _offers[slot][c.downs[j]].activatedWh = uint40(downAct[j]);
+                emit OfferActivated(c.downs[j], slot, false, downAct[j], refunds[j]);
+            }
         }
         totalEscrow -= b.escrow;
         b.escrow = 0;
@@ -298,6 +304,7 @@ contract IntradayMarket is IIntradayMarket, IBalancingSource, AccessControl {
             if (o.qtyWh > 0 && o.isUp != input.isUp) revert OfferDirectionChanged(account, input.slot);
             before = o.isUp ? 0 : _escrowOf(o.qtyWh, o.price);
         } else {
+            if (b.size >= MAX_BOOK_SIZE) revert OfferBookFull(input.slot, MAX_BOOK_SIZE);
             o.placed = true;
             o.index = b.size;
             b.size += 1;

@@ -28,11 +28,12 @@ export declare namespace IDayAheadMarket {
     }
 
   export interface DayAheadMarketInterface extends Interface {
-    getFunction(nameOrSignature: "DEFAULT_ADMIN_ROLE" | "REGULATOR_ROLE" | "book" | "cancelOrder" | "changeOrder" | "clear" | "gateClosure" | "gateLeadSeconds" | "getRoleAdmin" | "grantRole" | "hasRole" | "orderOf" | "placeOrder" | "placeOrderWithPermit" | "placeOrders" | "placeOrdersFor" | "priceCap" | "priceFloor" | "reclaim" | "registry" | "renounceRole" | "revokeRole" | "scheduleOf" | "setBounds" | "settlement" | "slotSeconds" | "supportsInterface" | "token" | "totalEscrow"): FunctionFragment;
+    getFunction(nameOrSignature: "DEFAULT_ADMIN_ROLE" | "MAX_BOOK_SIZE" | "REGULATOR_ROLE" | "book" | "cancelOrder" | "changeOrder" | "clear" | "gateClosure" | "gateLeadSeconds" | "getRoleAdmin" | "grantRole" | "hasRole" | "orderOf" | "placeOrder" | "placeOrderWithPermit" | "placeOrders" | "placeOrdersFor" | "priceCap" | "priceFloor" | "reclaim" | "registry" | "renounceRole" | "revokeRole" | "scheduleOf" | "setBounds" | "settlement" | "slotSeconds" | "supportsInterface" | "token" | "totalEscrow"): FunctionFragment;
 
     getEvent(nameOrSignatureOrTopic: "BoundsSet" | "EscrowReclaimed" | "OrderAwarded" | "OrderCancelled" | "OrderPlaced" | "RoleAdminChanged" | "RoleGranted" | "RoleRevoked" | "SlotCleared"): EventFragment;
 
     encodeFunctionData(functionFragment: 'DEFAULT_ADMIN_ROLE', values?: undefined): string;
+encodeFunctionData(functionFragment: 'MAX_BOOK_SIZE', values?: undefined): string;
 encodeFunctionData(functionFragment: 'REGULATOR_ROLE', values?: undefined): string;
 encodeFunctionData(functionFragment: 'book', values: [BigNumberish]): string;
 encodeFunctionData(functionFragment: 'cancelOrder', values: [BigNumberish]): string;
@@ -63,6 +64,7 @@ encodeFunctionData(functionFragment: 'token', values?: undefined): string;
 encodeFunctionData(functionFragment: 'totalEscrow', values?: undefined): string;
 
     decodeFunctionResult(functionFragment: 'DEFAULT_ADMIN_ROLE', data: BytesLike): Result;
+decodeFunctionResult(functionFragment: 'MAX_BOOK_SIZE', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'REGULATOR_ROLE', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'book', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'cancelOrder', data: BytesLike): Result;
@@ -239,6 +241,14 @@ decodeFunctionResult(functionFragment: 'totalEscrow', data: BytesLike): Result;
     DEFAULT_ADMIN_ROLE: TypedContractMethod<
       [],
       [string],
+      'view'
+    >
+    
+
+    
+    MAX_BOOK_SIZE: TypedContractMethod<
+      [],
+      [bigint],
       'view'
     >
     
@@ -473,6 +483,11 @@ decodeFunctionResult(functionFragment: 'totalEscrow', data: BytesLike): Result;
     getFunction(nameOrSignature: 'DEFAULT_ADMIN_ROLE'): TypedContractMethod<
       [],
       [string],
+      'view'
+    >;
+getFunction(nameOrSignature: 'MAX_BOOK_SIZE'): TypedContractMethod<
+      [],
+      [bigint],
       'view'
     >;
 getFunction(nameOrSignature: 'REGULATOR_ROLE'): TypedContractMethod<

@@ -28,11 +28,12 @@ export declare namespace IIntradayMarket {
     }
 
   export interface IntradayMarketInterface extends Interface {
-    getFunction(nameOrSignature: "DEFAULT_ADMIN_ROLE" | "REGULATOR_ROLE" | "activationOf" | "book" | "cancelOffer" | "clear" | "dayAhead" | "forecastOf" | "gateLeadSeconds" | "getRoleAdmin" | "grantRole" | "hasRole" | "offerOf" | "openLeadSeconds" | "placeOffers" | "priceCap" | "priceFloor" | "registry" | "renounceRole" | "revokeRole" | "setBounds" | "settlement" | "slotResult" | "slotSeconds" | "submitForecasts" | "supportsInterface" | "token" | "totalEscrow" | "window"): FunctionFragment;
+    getFunction(nameOrSignature: "DEFAULT_ADMIN_ROLE" | "MAX_BOOK_SIZE" | "REGULATOR_ROLE" | "activationOf" | "book" | "cancelOffer" | "clear" | "dayAhead" | "forecastOf" | "gateLeadSeconds" | "getRoleAdmin" | "grantRole" | "hasRole" | "offerOf" | "openLeadSeconds" | "placeOffers" | "priceCap" | "priceFloor" | "registry" | "renounceRole" | "revokeRole" | "setBounds" | "settlement" | "slotResult" | "slotSeconds" | "submitForecasts" | "supportsInterface" | "token" | "totalEscrow" | "window"): FunctionFragment;
 
     getEvent(nameOrSignatureOrTopic: "BalancingCleared" | "BoundsSet" | "ForecastSubmitted" | "OfferActivated" | "OfferCancelled" | "OfferPlaced" | "RoleAdminChanged" | "RoleGranted" | "RoleRevoked"): EventFragment;
 
     encodeFunctionData(functionFragment: 'DEFAULT_ADMIN_ROLE', values?: undefined): string;
+encodeFunctionData(functionFragment: 'MAX_BOOK_SIZE', values?: undefined): string;
 encodeFunctionData(functionFragment: 'REGULATOR_ROLE', values?: undefined): string;
 encodeFunctionData(functionFragment: 'activationOf', values: [BigNumberish, AddressLike]): string;
 encodeFunctionData(functionFragment: 'book', values: [BigNumberish]): string;
@@ -63,6 +64,7 @@ encodeFunctionData(functionFragment: 'totalEscrow', values?: undefined): string;
 encodeFunctionData(functionFragment: 'window', values: [BigNumberish]): string;
 
     decodeFunctionResult(functionFragment: 'DEFAULT_ADMIN_ROLE', data: BytesLike): Result;
+decodeFunctionResult(functionFragment: 'MAX_BOOK_SIZE', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'REGULATOR_ROLE', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'activationOf', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'book', data: BytesLike): Result;
@@ -239,6 +241,14 @@ decodeFunctionResult(functionFragment: 'window', data: BytesLike): Result;
     DEFAULT_ADMIN_ROLE: TypedContractMethod<
       [],
       [string],
+      'view'
+    >
+    
+
+    
+    MAX_BOOK_SIZE: TypedContractMethod<
+      [],
+      [bigint],
       'view'
     >
     
@@ -473,6 +483,11 @@ decodeFunctionResult(functionFragment: 'window', data: BytesLike): Result;
     getFunction(nameOrSignature: 'DEFAULT_ADMIN_ROLE'): TypedContractMethod<
       [],
       [string],
+      'view'
+    >;
+getFunction(nameOrSignature: 'MAX_BOOK_SIZE'): TypedContractMethod<
+      [],
+      [bigint],
       'view'
     >;
 getFunction(nameOrSignature: 'REGULATOR_ROLE'): TypedContractMethod<

@@ -161,8 +161,40 @@
     "type": "error"
   },
   {
+    "inputs": [
+      {
+        "internalType": "uint256",
+        "name": "slotSeconds",
+        "type": "uint256"
+      },
+      {
+        "internalType": "uint256",
+        "name": "gateLeadSeconds",
+        "type": "uint256"
+      }
+    ],
+    "name": "MarketBadTiming",
+    "type": "error"
+  },
+  {
     "inputs": [],
     "name": "MarketZeroAddress",
+    "type": "error"
+  },
+  {
+    "inputs": [
+      {
+        "internalType": "uint32",
+        "name": "slot",
+        "type": "uint32"
+      },
+      {
+        "internalType": "uint256",
+        "name": "max",
+        "type": "uint256"
+      }
+    ],
+    "name": "OrderBookFull",
     "type": "error"
   },
   {
