@@ -1,9 +1,10 @@
 import { dayAheadSection } from "./dayahead.js";
 import { foundationSection } from "./foundation.js";
+import { meteringSection } from "./metering.js";
 import type { BenchSection } from "./types.js";
 
 /**
  * Every benchmark section, run in this order by `npm run bench`. Add yours here (metering,
  * day-ahead clearing, balancing, settlement ...): one BenchSection in its own file.
  */
-export const SECTIONS: readonly BenchSection[] = [foundationSection, dayAheadSection];
+export const SECTIONS: readonly BenchSection[] = [foundationSection, meteringSection, dayAheadSection];
