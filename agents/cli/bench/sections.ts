@@ -1,5 +1,6 @@
 import { dayAheadSection } from "./dayahead.js";
 import { foundationSection } from "./foundation.js";
+import { intradaySection } from "./intraday.js";
 import { meteringSection } from "./metering.js";
 import type { BenchSection } from "./types.js";
 
@@ -7,4 +8,4 @@ import type { BenchSection } from "./types.js";
  * Every benchmark section, run in this order by `npm run bench`. Add yours here (metering,
  * day-ahead clearing, balancing, settlement ...): one BenchSection in its own file.
  */
-export const SECTIONS: readonly BenchSection[] = [foundationSection, meteringSection, dayAheadSection];
+export const SECTIONS: readonly BenchSection[] = [foundationSection, meteringSection, dayAheadSection, intradaySection];
