@@ -1,6 +1,6 @@
 import { expect } from "chai";
 import { network } from "hardhat";
-import { MaxUint256, ZeroAddress, type ContractTransactionReceipt } from "ethers";
+import { dataSlice, encodeBytes32String, getAddress, id, MaxUint256, Wallet, ZeroAddress, type ContractTransactionReceipt } from "ethers";
 import type { IntradayMarket } from "../../agents/chain/types/index.js";
 import {
   BalancingInputError,
@@ -16,6 +16,7 @@ import { clearingCallFor } from "../../agents/markets/dayAheadClearing.js";
 import { OfferBookError, readOffers } from "../../agents/markets/offerBook.js";
 import { readBook } from "../../agents/markets/orderBook.js";
 import { ceilDiv, Kind } from "../contracts/helpers/market.js";
+import { signReading } from "../contracts/helpers/readings.js";
 import { CAP, type DayAhead, deployDayAhead, eventsOf, FLOOR } from "./helpers/dayAhead.js";
 
 /**
@@ -869,6 +870,112 @@ describe("IntradayMarket", () => {
       await expectSupplyHeld("after settlement");
       expect(await m.token.balanceOf(address)).to.equal(0n);
     });
+  });
+});
+
+describe("IntradayMarket known bugs (these fail until fixed; see the report)", function () {
+  this.timeout(300_000);
+
+  it("BUG: a forecast deviation beyond int40 (a day-ahead sale of 2^39 Wh) is stored truncated, with the wrong sign", async () => {
+    const { da, m, intraday, slot, a, forecast, inWindow } = await fixture();
+    // A day-ahead trade of 2^39 Wh, which DayAheadMarket accepts (quantities are uint40).
+    const q = 2n ** 39n;
+    await m.token.mint(a("alice"), ceilDiv(q * FLOOR, 1000n));
+    await da.place("alice", slot, false, q, FLOOR);
+    await da.place("bob", slot, true, q, FLOOR);
+    await da.afterGate(slot);
+    await da.dayAhead.clear(clearingCallFor(slot, await readBook(da.dayAhead, slot)));
+    expect(await da.dayAhead.scheduleOf(slot, a("bob"))).to.deep.equal([-q, FLOOR]);
+    await inWindow(slot);
+    // bob now expects to produce nothing: 2^39 Wh short of his schedule, so the neighbourhood needs 2^39 Wh more.
+    await expect(forecast("bob", slot, [0n])).to.emit(intraday, "ForecastSubmitted").withArgs(a("bob"), slot, 0n, q);
+    expect(await intraday.forecastOf(slot, a("bob")), "forecastOf(bob)").to.deep.equal([true, q]); // int40(2^39) == -2^39
+    expect((await intraday.book(slot)).imbalanceWh, "imbalance").to.equal(q);
+  });
+
+  it("BUG: the master's default relay batch (400 readings) does not fit in one transaction once readings carry schedules and activations", async () => {
+    const N = 400;
+    const MASTER_BATCH = 400; // agents/master/masterAgent.ts, readingBatchSize default
+    const TX_CAP = 2n ** 24n;
+    const { da, m, intraday, address, slot } = await fixture();
+    const slotA = slot;
+    const slotB = slot + 1n;
+    // N participants with wallets (impersonated) and meter keys.
+    const people = Array.from({ length: N }, (_, i) => ({
+      account: getAddress(dataSlice(id(`intraday-test/batch/account/${i}`), 12)),
+      key: new Wallet(id(`intraday-test/batch/meter/${i}`)),
+      buyer: i % 10 < 6,
+      imp: 1_000_000n + BigInt(i),
+      exp: 2_000_000n + BigInt(i),
+    }));
+    const admin = m.admin;
+    for (let i = 0; i < N; i += 100) {
+      const part = people.slice(i, i + 100);
+      await m.registry.connect(admin).registerBatch(
+        part.map((p, k) => ({ account: p.account, meterId: encodeBytes32String(`MTR-b-${i + k}`), meterKey: p.key.address, kind: p.buyer ? Kind.Consumer : Kind.Prosumer })),
+      );
+      await m.token.connect(admin).mintBatch(id(`intraday-test/batch/mint/${i}`), part.map((p) => p.account), part.map(() => 1_000n * 10n ** 6n));
+    }
+    await m.token.connect(admin).mint(admin.address, BigInt(N) * 100n * 10n ** 6n);
+    await m.token.connect(admin).approve(m.settlementAddress, MaxUint256);
+    const signers = [];
+    for (const p of people) {
+      await m.settlement.connect(admin).depositFor(p.account, 100n * 10n ** 6n);
+      await networkHelpers.impersonateAccount(p.account);
+      await networkHelpers.setBalance(p.account, 10n ** 20n);
+      const signer = await ethers.getSigner(p.account);
+      signers.push(signer);
+      await m.token.connect(signer).approve(da.address, MaxUint256);
+      await m.token.connect(signer).approve(address, MaxUint256);
+      // Everyone is scheduled day-ahead in A and B: 60% buy 600 Wh at the cap, 40% sell 900 Wh at the floor.
+      await da.dayAhead
+        .connect(signer)
+        .placeOrders([slotA, slotB].map((k) => (p.buyer ? { slot: k, isSell: false, qtyWh: 600n, price: CAP } : { slot: k, isSell: true, qtyWh: 900n, price: FLOOR })));
+    }
+    await da.afterGate(slotA);
+    for (const k of [slotA, slotB]) await da.dayAhead.clear(clearingCallFor(k, await readBook(da.dayAhead, k)), { gasLimit: TX_CAP });
+    // An hour ahead: a fifth of the buyers expect 300 Wh more in A and 300 Wh less in B; a tenth offer flexibility each way.
+    const opens = ((slotA * SLOT_SECONDS) / HOUR) * HOUR - OPEN_LEAD;
+    await da.at(opens + 1n);
+    for (let i = 0; i < N; i++) {
+      const p = people[i]!;
+      if (i % 10 < 2) await intraday.connect(signers[i]!).submitForecasts(p.account, slotA, [900n, 300n]);
+      if (i % 10 === 6) await intraday.connect(signers[i]!).placeOffers(p.account, [{ slot: slotA, isUp: true, qtyWh: 800n, price: 200_000n + BigInt(i) }]);
+      if (i % 10 === 7) await intraday.connect(signers[i]!).placeOffers(p.account, [{ slot: slotB, isUp: false, qtyWh: 800n, price: 200_000n - BigInt(i) }]);
+    }
+    for (const k of [slotA, slotB]) {
+      await da.at(k * SLOT_SECONDS - GATE_LEAD + 1n);
+      await intraday.clear(balancingCallFor(k, (await intraday.book(k)).imbalanceWh, await readOffers(intraday, k)));
+    }
+    expect((await intraday.slotResult(slotA))[0], "upward activations in A").to.be.greaterThan(0n);
+    expect((await intraday.slotResult(slotB))[1], "downward activations in B").to.be.greaterThan(0n);
+
+    // The baseline before A, then A (counted), then B (counted, and billing A): MASTER_BATCH readings a transaction.
+    const relay = async (k: bigint) => {
+      const batch = [];
+      for (const p of people) {
+        const net = (p.buyer ? 600n : -900n) + (people.indexOf(p) % 7 === 0 ? 25n : -10n);
+        if (net >= 0n) p.imp += net;
+        else p.exp += -net;
+        const reading = { account: p.account, slot: k, importWh: p.imp, exportWh: p.exp };
+        batch.push(await signReading(p.key, m.domain, reading));
+      }
+      await m.inWindow(k, 10n);
+      const gas: bigint[] = [];
+      for (let i = 0; i < batch.length; i += MASTER_BATCH) {
+        const part = batch.slice(i, i + MASTER_BATCH);
+        try {
+          const receipt = await (await m.settlement.connect(m.relayer).submitReadings(part, { gasLimit: TX_CAP })).wait();
+          gas.push(receipt!.gasUsed);
+        } catch (e) {
+          expect.fail(`slot ${k}: a relay of ${part.length} readings does not fit in 2^24 gas: ${(e as Error).message}`);
+        }
+      }
+      return gas;
+    };
+    await relay(slotA - 1n); // baselines: about 21,000 gas a reading
+    await relay(slotA); // counted with their schedules: about 32,000
+    await relay(slotB); // counted, and billing A on the way in: about 44,000 a reading, 400 need about 17.7 million
   });
 });
 
