@@ -68,6 +68,9 @@ runCli(async () => {
             ["real-time demand (upward deviations)", kwh(demand)],
             ["real-time supply (downward deviations)", kwh(sum((r) => r.supplyWh))],
             ["real-time traded locally", `${kwh(local)} (${demand === 0n ? 0 : Number((local * 1000n) / demand) / 10}% of real-time demand)`],
+            ["imbalance before balancing (sum over slots of |metered - day-ahead|)", kwh(imbalanceBefore(reports))],
+            ["imbalance after balancing (sum over slots of |metered - schedule|)", kwh(imbalanceAfter(reports))],
+            ["flexibility activated", kwh(sum((r) => abs(r.activatedWh)))],
             ["supplied by the slack unit", kwh(sum((r) => r.slackSuppliedWh))],
             ["absorbed by the slack unit", kwh(sum((r) => r.slackAbsorbedWh))],
             ["slack unit's net takings", tokens(sum((r) => r.slackAmount))],
@@ -104,6 +107,8 @@ const COLUMNS: Array<[string, number]> = [
   ["DA price", 8],
   ["DA kWh", 7],
   ["metered", 7],
+  ["expected", 8],
+  ["flex", 6],
   ["deviation", 9],
   ["RT price", 8],
   ["local", 6],
@@ -118,7 +123,9 @@ function printSlot(r: SlotReport): void {
   if (!headerPrinted) {
     headerPrinted = true;
     process.stdout.write(`\n${COLUMNS.map(([h, w], i) => (i === 0 ? h.padEnd(w) : h.padStart(w))).join(" ")}\n`);
-    process.stdout.write("(energy in kWh, prices in tokens per kWh; metered = households' net import; deviation = sum of |metered - scheduled|)\n");
+    process.stdout.write(
+      "(energy in kWh, prices in tokens per kWh; metered = households' net import; expected = imbalance forecast an hour ahead;\n flex = flexibility activated, + up / - down; deviation = sum of |metered - scheduled|)\n",
+    );
   }
   const start = new Date(r.slot * 900 * 1000).toISOString().slice(5, 16).replace("T", " ");
   const metered = r.bills.reduce((a, b) => a + (b.netWh > 0n ? b.netWh : 0n), 0n);
@@ -129,6 +136,8 @@ function printSlot(r: SlotReport): void {
     r.dayAheadVolumeWh > 0n ? price(r.dayAheadPrice) : "-",
     num(r.dayAheadVolumeWh),
     num(metered),
+    num(r.expectedImbalanceWh),
+    num(r.activatedWh),
     num(deviation),
     price(r.price),
     num(r.localWh),
@@ -137,6 +146,17 @@ function printSlot(r: SlotReport): void {
     Number(formatUnits(bills, 6)).toFixed(3),
   ];
   process.stdout.write(`${cells.map((c, i) => (i === 0 ? c.padEnd(COLUMNS[i]![1]) : c.padStart(COLUMNS[i]![1]))).join(" ")}${r.closed ? "" : "  (open)"}\n`);
+}
+
+/** The neighbourhood's net deviation from its day-ahead schedules, slot by slot: what the slack unit would cover. */
+export function imbalanceBefore(reports: readonly SlotReport[]): bigint {
+  // Deviations are measured against day-ahead + activations; add the activations back (+ up: the system bought).
+  return reports.reduce((a, r) => a + abs(r.demandWh - r.supplyWh - r.activatedWh), 0n);
+}
+
+/** The same after the balancing market's activations. */
+export function imbalanceAfter(reports: readonly SlotReport[]): bigint {
+  return reports.reduce((a, r) => a + abs(r.demandWh - r.supplyWh), 0n);
 }
 
 function abs(x: bigint): bigint {

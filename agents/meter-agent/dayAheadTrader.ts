@@ -26,14 +26,17 @@ export const SLOTS_PER_DAY = 96;
  * hard to beat a day ahead for a single household). Slots without history are undefined.
  */
 export function forecastDay(history: SlotHistory, firstSlot: number, days = 7, slotsPerDay = SLOTS_PER_DAY): Array<number | undefined> {
-  return Array.from({ length: slotsPerDay }, (_, k) => {
-    const seen: number[] = [];
-    for (let d = 1; d <= days; d++) {
-      const v = history[String(firstSlot + k - d * slotsPerDay)];
-      if (v !== undefined) seen.push(v);
-    }
-    return seen.length === 0 ? undefined : seen.reduce((a, b) => a + b, 0) / seen.length;
-  });
+  return Array.from({ length: slotsPerDay }, (_, k) => forecastSlot(history, firstSlot + k, days, slotsPerDay));
+}
+
+/** One slot of `forecastDay`: the mean of the same slot on up to `days` recent days. */
+export function forecastSlot(history: SlotHistory, slot: number, days = 7, slotsPerDay = SLOTS_PER_DAY): number | undefined {
+  const seen: number[] = [];
+  for (let d = 1; d <= days; d++) {
+    const v = history[String(slot - d * slotsPerDay)];
+    if (v !== undefined) seen.push(v);
+  }
+  return seen.length === 0 ? undefined : seen.reduce((a, b) => a + b, 0) / seen.length;
 }
 
 export interface OrderInput {

@@ -1,14 +1,18 @@
 import type { IntradayMarket } from "../chain/types/index.js";
 import type { Logger } from "../log.js";
-import { forecastDay, SLOTS_PER_DAY, type SlotHistory } from "./dayAheadTrader.js";
+import { forecastSlot, SLOTS_PER_DAY, type SlotHistory } from "./dayAheadTrader.js";
 import { shortError } from "./meterAgent.js";
 
 /** What the agent's flexible assets offer and do (see flexibility.ts). */
 export interface FlexibilitySource {
+  /** Reads the assets' state (state of charge, EV session) before offers are worked out. */
+  readState?(): Promise<unknown>;
+  /** Keeps an activated asset on its target during the slot (called on every step). */
+  track?(): Promise<void>;
   /** What the assets can really deliver in `slot`: at most one upward and one downward quantity. */
   offersFor(slot: number, slotSeconds: number, now: Date): Array<{ slot: number; isUp: boolean; qtyWh: bigint }>;
   /** Drives the assets through `slot` to deliver `activatedWh` (+ downward: use more, - upward: use less). */
-  activate(slot: number, activatedWh: bigint): Promise<void>;
+  activate(slot: number, activatedWh: bigint): Promise<unknown>;
   /** Back to automatic operation. */
   release(): Promise<void>;
 }
@@ -29,12 +33,12 @@ export const DEFAULT_FLEX_PRICING: FlexPricing = { upAt: 0.55, downAt: 0.35 };
  * cloudy morning, a guest's EV).
  */
 export function hourAheadForecast(history: SlotHistory, slot: number, recent = 4): number | undefined {
-  const base = forecastDay(history, slot, 7, 1)[0];
+  const base = forecastSlot(history, slot);
   if (base === undefined) return undefined;
   const errors: number[] = [];
   for (let s = slot - 1; s >= slot - 8 && errors.length < recent; s--) {
     const actual = history[String(s)];
-    const predicted = forecastDay(history, s, 7, 1)[0];
+    const predicted = forecastSlot(history, s);
     if (actual !== undefined && predicted !== undefined) errors.push(actual - predicted);
   }
   const bias = errors.length === 0 ? 0 : errors.reduce((a, b) => a + b, 0) / errors.length;
@@ -68,6 +72,7 @@ export class IntradayTrader {
   constructor(private readonly o: IntradayTraderOptions) {}
 
   async init(): Promise<void> {
+    await this.o.flexibility?.release(); // a crashed agent may have left devices under control
     const m = this.o.market;
     const [slotSeconds, open, gate, floor, cap] = await Promise.all([m.slotSeconds(), m.openLeadSeconds(), m.gateLeadSeconds(), m.priceFloor(), m.priceCap()]);
     this.slotSeconds = Number(slotSeconds);
@@ -106,15 +111,19 @@ export class IntradayTrader {
       if (contiguous) {
         await (await market.submitForecasts(account, first, forecasts.map((f) => Math.round(f!)))).wait();
       }
+      if (this.o.flexibility) await this.o.flexibility.readState?.();
       const offers = this.o.flexibility
         ? slots.flatMap((s) => this.o.flexibility!.offersFor(s, this.slotSeconds, new Date(nowMs))).filter((x) => x.qtyWh > 0n)
         : [];
-      // One offer per slot: the direction the household's own forecast error makes likely useful.
+      // One offer per slot: in the direction the neighbourhood's expected imbalance so far
+      // calls for (short: up), else the larger one.
+      const books = await Promise.all(slots.map((s) => market.book(s)));
       const chosen = slots.flatMap((s, i) => {
         const forSlot = offers.filter((x) => x.slot === s);
         if (forSlot.length <= 1) return forSlot;
-        const preferUp = (forecasts[i] ?? 0) > (forecastDay(history, s, 7, 1)[0] ?? 0);
-        return forSlot.filter((x) => x.isUp === preferUp).slice(0, 1);
+        const imbalance = books[i]!.imbalanceWh;
+        if (imbalance === 0n) return [forSlot.reduce((a, b) => (b.qtyWh > a.qtyWh ? b : a))];
+        return forSlot.filter((x) => x.isUp === imbalance > 0n).slice(0, 1);
       });
       if (chosen.length > 0) {
         const at = (f: number): bigint => this.floor + (BigInt(Math.round(f * 1e6)) * (this.cap - this.floor)) / 1_000_000n;
@@ -124,7 +133,7 @@ export class IntradayTrader {
       for (const s of slots) this.submitted.add(s);
       logger({ level: "info", msg: "balancing forecasts and offers sent", slots, offers: chosen.length });
     } catch (e) {
-      logger({ level: "warn", msg: "balancing submission failed; will retry", slots, error: shortError(e) });
+      logger({ level: "warn", msg: "balancing submission failed; will retry", slots, error: shortError(e, market.interface) });
     }
   }
 
@@ -137,6 +146,7 @@ export class IntradayTrader {
       this.o.logger({ level: "info", msg: "flexibility released", slot: this.active });
       this.active = undefined;
     }
+    if (this.active === current) await flex.track?.();
     if (this.checked.has(current)) return;
     try {
       const [activated] = await this.o.market.activationOf(current, this.o.account);

@@ -122,6 +122,11 @@ export class MeterAgent {
     });
   }
 
+  /** Resolves once the step in progress, if any, is done. */
+  idle(): Promise<void> {
+    return this.busy;
+  }
+
   /** Pending (unconfirmed) readings, oldest first. */
   pendingSlots(): number[] {
     return Object.keys(this.mustState().pending).map(Number).sort((a, b) => a - b);

@@ -8,10 +8,13 @@ import { connectMarket, openProvider, type MarketContracts } from "../chain/mark
 import type { ParticipantKind, ParticipantSpec } from "../chain/participants.js";
 import { Settlement__factory, type Settlement } from "../chain/types/index.js";
 import { silentLogger, type Logger } from "../log.js";
+import { BalancingClearer } from "../master/balancingClearer.js";
 import { DayAheadClearer, type DayAheadSlotResult } from "../master/dayAheadClearer.js";
 import { MasterAgent, type MasterState, type SlotReport } from "../master/masterAgent.js";
 import { ReadingInbox } from "../master/readingInbox.js";
 import { DayAheadTrader, DEFAULT_STRATEGY, type PriceStrategy } from "../meter-agent/dayAheadTrader.js";
+import { assetsOfSimulatedHousehold, FlexibilityController, ModbusFlexibilityIo } from "../meter-agent/flexibility.js";
+import { DEFAULT_FLEX_PRICING, IntradayTrader } from "../meter-agent/intradayTrader.js";
 import { MeterAgent, type MeterAgentState } from "../meter-agent/meterAgent.js";
 import { JsonStore } from "../meter-agent/store.js";
 import { ModbusMeter } from "../meters/modbusMeter.js";
@@ -54,6 +57,8 @@ export interface SimulatedMarketOptions {
   onDayAhead?: (results: DayAheadSlotResult[]) => void;
   /** Run the day-ahead round before the day (default true). */
   dayAhead?: boolean;
+  /** Run the balancing market during the day (default true). */
+  intraday?: boolean;
   onProgress?: (message: string) => void;
   /** Tokens minted to each household and deposited into escrow. */
   mintTokens?: string;
@@ -107,7 +112,7 @@ export async function withSimulatedMarket<T>(
     await distribute(market, households.map((h) => spec(h, options.mintTokens ?? "100")));
     for (const h of households) await (await admin.sendTransaction({ to: h.meterKey.address, value: parseEther("1") })).wait();
     await depositAll(settlement, market, households, options.depositTokens ?? "60");
-    await approveDayAhead(market, households);
+    await approveMarkets(market, households);
 
     const run = async (): Promise<SimulatedMarketResult> => {
       const slotSeconds = Number(await settlement.slotSeconds());
@@ -131,6 +136,7 @@ export async function withSimulatedMarket<T>(
       cleanups.push(() => inbox.close());
 
       const agents: MeterAgent[] = [];
+      const intradayTraders: Array<[MeterAgent, IntradayTrader]> = [];
       for (const m of meters) {
         const h = households.find((x) => x.member.id === m.member.id)!;
         const meter = new ModbusMeter({ connection: { kind: "tcp", host: "127.0.0.1", port: m.server.port, unitId: 1 }, map: SDM630, clock, logger });
@@ -161,15 +167,44 @@ export async function withSimulatedMarket<T>(
         // demo's day, simulated, as if it had been running since then.
         for (const [slot, wh] of previousDay(m.member, daySlot, slotSeconds)) agent.recordHistory(slot, wh);
         agents.push(agent);
+        if (options.intraday ?? true) {
+          const assets = assetsOfSimulatedHousehold(m.member.spec);
+          const flexibility = assets
+            ? new FlexibilityController({
+                assets,
+                io: new ModbusFlexibilityIo(meter, { kind: "tcp", host: "127.0.0.1", port: m.server.port, unitId: 1 }),
+                slotSeconds,
+                clock,
+                logger: (r) => logger({ ...r, agent: m.member.id }),
+              })
+            : undefined;
+          intradayTraders.push([
+            agent,
+            new IntradayTrader({
+              account: h.account,
+              market: market.intradayMarket.connect(h.meterKey),
+              flexibility,
+              pricing: DEFAULT_FLEX_PRICING,
+              logger: (r) => logger({ ...r, agent: m.member.id }),
+            }),
+          ]);
+        }
       }
-      // The agents run on their own, as on a Pi, only with a fast poll.
-      const timer = setInterval(() => agents.forEach((a) => void a.tick()), 40);
+      // The agents run on their own, as on a Pi, only with a fast poll; paused while the
+      // simulated clock jumps, since on a Pi time does not jump under a step in flight.
+      let paused = false;
+      const timer = setInterval(() => {
+        if (!paused) agents.forEach((a) => void a.tick());
+      }, 40);
       cleanups.push(() => clearInterval(timer));
 
       const clearer = new DayAheadClearer({ market: market.dayAheadMarket.connect(admin), logger: (r) => logger({ ...r, agent: "master" }) });
       await clearer.init();
+      const balancing = new BalancingClearer({ market: market.intradayMarket.connect(admin), logger: (r) => logger({ ...r, agent: "master" }) });
+      await balancing.init();
       const master = new MasterAgent({
         dayAhead: { market: market.dayAheadMarket, clearer },
+        intraday: { market: market.intradayMarket, clearer: balancing },
         settlement,
         registry: market.participantRegistry,
         inbox,
@@ -180,18 +215,28 @@ export async function withSimulatedMarket<T>(
       });
       await master.init();
 
+      /** Moves the simulated and the chain clock together, with the agents' timer paused. */
+      const jump = async (ms: number): Promise<void> => {
+        paused = true;
+        await Promise.all(agents.map((a) => a.idle()));
+        clock.set(ms);
+        await setChainTime(provider, clock.now());
+      };
+
       let dayAhead: DayAheadSlotResult[] = [];
       if (withDayAhead) {
         // The agents trade during the hour before gate closure; then the master clears the day.
         const deadline = Date.now() + 30_000;
         while (agents.some((a) => a.dayAheadFirstSlot !== daySlot) && Date.now() < deadline) await sleep(50);
-        clock.set(firstDay.getTime() - gateLeadMs);
-        await setChainTime(provider, clock.now());
+        await jump(firstDay.getTime() - gateLeadMs);
         dayAhead = await clearer.clearDue(clock.now());
         options.onDayAhead?.(dayAhead);
-        clock.set(slotStartMs(daySlot - 1, slotSeconds));
-        await setChainTime(provider, clock.now());
+        await jump(slotStartMs(daySlot - 1, slotSeconds));
+        paused = false;
       }
+
+      // The balancing market runs from the day on (agents would otherwise offer for the day before).
+      for (const [agent, trader] of intradayTraders) await agent.enableIntraday(trader);
 
       const reports: SlotReport[] = [];
       const record = (r: SlotReport | undefined): void => {
@@ -202,16 +247,15 @@ export async function withSimulatedMarket<T>(
       const slots = options.slots ?? 96;
       const lastSlot = daySlot + slots - 1;
       for (let slot = daySlot - 1; slot <= lastSlot; slot++) {
-        clock.set(slotStartMs(slot + 1, slotSeconds));
-        await setChainTime(provider, clock.now());
-        // Each agent completes a step at this moment (they also run on their own timer): the
-        // slot's reading, its balancing forecasts and offers, its activations.
+        await jump(slotStartMs(slot + 1, slotSeconds));
+        // Each agent completes a step at this moment: the slot's reading, its balancing
+        // forecasts and offers, its activations.
         await Promise.all(agents.map((a) => a.tick()));
+        paused = false;
         record(await master.handleSlotEnd(slot));
       }
       // The last slot has no next reading to bill it: settle it once its window has passed.
-      clock.set(slotStartMs(lastSlot + 1, slotSeconds) + Number(await settlement.readingWindow()) * 1000 + 1000);
-      await setChainTime(provider, clock.now());
+      await jump(slotStartMs(lastSlot + 1, slotSeconds) + Number(await settlement.readingWindow()) * 1000 + 1000);
       record(await master.settleSlot(lastSlot));
       clearInterval(timer);
       return { households, reports, dayAhead, market, settlement };
@@ -259,10 +303,16 @@ function previousDay(member: NeighbourhoodMember, daySlot: number, slotSeconds: 
   return out;
 }
 
-/** Households let the day-ahead market take buy orders' escrow from their wallets (EIP-2612 permit, sent by the regulator). */
-async function approveDayAhead(market: MarketContracts, households: Household[]): Promise<void> {
+/** Households let the markets take escrow from their wallets (EIP-2612 permits, sent by the regulator). */
+async function approveMarkets(market: MarketContracts, households: Household[]): Promise<void> {
+  for (const spender of [await market.dayAheadMarket.getAddress(), await market.intradayMarket.getAddress()]) {
+    await approve(market, households, spender);
+  }
+}
+
+async function approve(market: MarketContracts, households: Household[], spender: string): Promise<void> {
   const token = market.energyToken;
-  const [name, chainId, tokenAddress, spender] = await Promise.all([token.name(), market.provider.getNetwork().then((n) => n.chainId), token.getAddress(), market.dayAheadMarket.getAddress()]);
+  const [name, chainId, tokenAddress] = await Promise.all([token.name(), market.provider.getNetwork().then((n) => n.chainId), token.getAddress()]);
   for (const h of households.filter((x) => x.member.kind !== "slackUnit")) {
     const value = TOKEN("1000");
     const nonce = await token.nonces(h.account);
