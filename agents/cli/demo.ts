@@ -12,6 +12,7 @@ import path from "node:path";
 import { formatUnits } from "ethers";
 import { jsonLineLogger } from "../log.js";
 import type { SlotReport } from "../master/masterAgent.js";
+import { imbalanceAfter, imbalanceBefore } from "../simulator/dayFigures.js";
 import { withSimulatedMarket } from "../simulator/marketRun.js";
 import { formatTable, parseCli, runCli } from "./common.js";
 
@@ -146,17 +147,6 @@ function printSlot(r: SlotReport): void {
     Number(formatUnits(bills, 6)).toFixed(3),
   ];
   process.stdout.write(`${cells.map((c, i) => (i === 0 ? c.padEnd(COLUMNS[i]![1]) : c.padStart(COLUMNS[i]![1]))).join(" ")}${r.closed ? "" : "  (open)"}\n`);
-}
-
-/** The neighbourhood's net deviation from its day-ahead schedules, slot by slot: what the slack unit would cover. */
-export function imbalanceBefore(reports: readonly SlotReport[]): bigint {
-  // Deviations are measured against day-ahead + activations; add the activations back (+ up: the system bought).
-  return reports.reduce((a, r) => a + abs(r.demandWh - r.supplyWh - r.activatedWh), 0n);
-}
-
-/** The same after the balancing market's activations. */
-export function imbalanceAfter(reports: readonly SlotReport[]): bigint {
-  return reports.reduce((a, r) => a + abs(r.demandWh - r.supplyWh), 0n);
 }
 
 function abs(x: bigint): bigint {
