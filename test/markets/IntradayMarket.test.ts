@@ -1,6 +1,6 @@
 import { expect } from "chai";
 import { network } from "hardhat";
-import { dataSlice, encodeBytes32String, getAddress, id, MaxUint256, Wallet, ZeroAddress, type ContractTransactionReceipt } from "ethers";
+import { dataSlice, encodeBytes32String, getAddress, id, MaxUint256, Wallet, ZeroAddress, type ContractTransactionReceipt, type Signer } from "ethers";
 import type { IntradayMarket } from "../../agents/chain/types/index.js";
 import {
   BalancingInputError,
@@ -109,6 +109,46 @@ function copy(c: BalancingClearingCall): BalancingClearingCall {
 
 function activationEvents(receipt: ContractTransactionReceipt | null, intraday: IntradayMarket, address: string) {
   return eventsOf(receipt, intraday.interface, address, "OfferActivated").map((e) => [e.args.account, e.args.isUp, e.args.activatedWh, e.args.refund]);
+}
+
+/** `n` registered storage owners (impersonated), each minted 1,000 tokens and approving `spenders`. */
+async function crowd(fx: Awaited<ReturnType<typeof fixture>>, n: number, label: string, spenders: string[]): Promise<{ account: string; signer: Signer }[]> {
+  const { m } = fx;
+  const accounts = Array.from({ length: n }, (_, i) => getAddress(dataSlice(id(`intraday-test/${label}/account/${i}`), 12)));
+  for (let i = 0; i < n; i += 100) {
+    const part = accounts.slice(i, i + 100);
+    await m.registry.connect(m.admin).registerBatch(
+      part.map((account, k) => ({ account, meterId: encodeBytes32String(`MTR-${label}-${i + k}`), meterKey: new Wallet(id(`intraday-test/${label}/meter/${i + k}`)).address, kind: Kind.Storage })),
+    );
+    await m.token.connect(m.admin).mintBatch(id(`intraday-test/${label}/mint/${i}`), part, part.map(() => 10n ** 9n));
+  }
+  const out = [];
+  for (const account of accounts) {
+    await networkHelpers.impersonateAccount(account);
+    await networkHelpers.setBalance(account, 10n ** 20n);
+    const signer = await ethers.getSigner(account);
+    for (const spender of spenders) await m.token.connect(signer).approve(spender, MaxUint256);
+    out.push({ account, signer });
+  }
+  return out;
+}
+
+/** Fills `fx.slot`'s balancing book: MAX_BOOK_SIZE downward offers of 100 Wh at distinct limits, in its window. */
+async function fillBook(fx: Awaited<ReturnType<typeof fixture>>) {
+  const { intraday, address, slot, inWindow } = fx;
+  const max = Number(await intraday.MAX_BOOK_SIZE());
+  expect(max).to.equal(1000);
+  const people = await crowd(fx, max, "full", [address]);
+  await inWindow(slot);
+  let escrow = 0n;
+  const out = [];
+  for (const [i, p] of people.entries()) {
+    const price = FLOOR + ((BigInt(i) * 7_919n) % (CAP - FLOOR));
+    await intraday.connect(p.signer).placeOffers(p.account, [{ slot, isUp: DOWN, qtyWh: 100n, price }]);
+    escrow += downEscrowOf(100n, price);
+    out.push({ ...p, price });
+  }
+  return { people: out, escrow };
 }
 
 describe("IntradayMarket", () => {
@@ -725,6 +765,31 @@ describe("IntradayMarket", () => {
     });
   });
 
+  describe("the book cap", function () {
+    this.timeout(300_000);
+
+    it("takes at most MAX_BOOK_SIZE offers a slot (OfferBookFull); a full book still takes changes and re-placements", async () => {
+      const fx = await fixture();
+      const { intraday, slot, place, cancel, expectEscrow } = fx;
+      const { people, escrow } = await fillBook(fx);
+      const max = BigInt(people.length);
+      expect((await intraday.book(slot)).size).to.equal(max);
+      await expect(place("alice", slot, DOWN, 1n, FLOOR)).to.be.revertedWithCustomError(intraday, "OfferBookFull").withArgs(slot, max);
+      await expect(place("bob", slot, UP, 1n, FLOOR)).to.be.revertedWithCustomError(intraday, "OfferBookFull").withArgs(slot, max);
+      // The next slot is another book.
+      await place("alice", slot + 1n, DOWN, 1n, FLOOR);
+      await cancel("alice", slot + 1n);
+      // Changes and re-placements of cancelled offers keep their place in the book.
+      const [first] = people as [{ account: string; signer: Signer; price: bigint }];
+      await intraday.connect(first.signer).placeOffers(first.account, [{ slot, isUp: DOWN, qtyWh: 120n, price: first.price }]);
+      await intraday.connect(first.signer).cancelOffer(first.account, slot);
+      await intraday.connect(first.signer).placeOffers(first.account, [{ slot, isUp: UP, qtyWh: 100n, price: first.price }]);
+      expect((await intraday.offerOf(slot, first.account)).index).to.equal(0n);
+      expect((await intraday.book(slot)).size).to.equal(max);
+      await expectEscrow(escrow - downEscrowOf(100n, first.price));
+    });
+  });
+
   describe("readOffers", () => {
     it("reads a slot's book from OfferPlaced events and offerOf, cancelled offers included, by book index", async () => {
       const { intraday, slot, a, place, cancel, inWindow } = await fixture();
@@ -891,6 +956,39 @@ describe("IntradayMarket known bugs (these fail until fixed; see the report)", f
     await expect(forecast("bob", slot, [0n])).to.emit(intraday, "ForecastSubmitted").withArgs(a("bob"), slot, 0n, q);
     expect(await intraday.forecastOf(slot, a("bob")), "forecastOf(bob)").to.deep.equal([true, q]); // int40(2^39) == -2^39
     expect((await intraday.book(slot)).imbalanceWh, "imbalance").to.equal(q);
+  });
+
+  it("BUG: IntradayMarket's fullest book (MAX_BOOK_SIZE downward offers, all activated, each refunded part of its escrow) does not clear within one transaction (2^24 gas)", async () => {
+    const fx = await fixture();
+    const { intraday, slot, forecast, inClearing, clearingOf, expectEscrow } = fx;
+    await fillBook(fx);
+    // A long system that needs every offer: all activated at the lowest limit, all others refunded the difference.
+    await forecast("alice", slot, [-200_000n]);
+    await inClearing(slot);
+    const c = await clearingOf(slot);
+    expect(c.volumeWh).to.equal(100_000n);
+    expect(c.downActivationsWh.every((w) => w === 100n)).to.equal(true);
+    // Fails: about 21.8 million gas (21,800 an offer: its activation, event and refund transfer), measured without the cap.
+    const receipt = await (await intraday.clear(c, { gasLimit: 2n ** 24n })).wait();
+    expect(receipt!.gasUsed).to.be.lessThanOrEqual(2n ** 24n);
+    await expectEscrow(0n);
+  });
+
+  it("BUG: DayAheadMarket's fullest book (MAX_BOOK_SIZE orders, every one awarded) does not clear within one transaction (2^24 gas)", async () => {
+    const fx = await fixture();
+    const { da, slot } = fx;
+    const max = Number(await da.dayAhead.MAX_BOOK_SIZE());
+    const people = await crowd(fx, max, "da-full", [da.address]);
+    // Half buy 100 Wh at the cap, half sell 100 Wh at the floor: every order is awarded in full.
+    for (const [i, p] of people.entries()) {
+      await da.dayAhead.connect(p.signer).placeOrder(i % 2 === 0 ? { slot, isSell: false, qtyWh: 100n, price: CAP } : { slot, isSell: true, qtyWh: 100n, price: FLOOR });
+    }
+    await da.afterGate(slot);
+    const c = clearingCallFor(slot, await readBook(da.dayAhead, slot));
+    expect(c.volumeWh).to.equal(BigInt(max / 2) * 100n);
+    // Fails: about 18.8 million gas for 1,000 awarded orders (npm run bench -- --only intraday logs it).
+    const receipt = await (await da.dayAhead.clear(c, { gasLimit: 2n ** 24n })).wait();
+    expect(receipt!.gasUsed).to.be.lessThanOrEqual(2n ** 24n);
   });
 
   it("BUG: the master's default relay batch (400 readings) does not fit in one transaction once readings carry schedules and activations", async () => {
