@@ -66,7 +66,11 @@ import { householdSpec, mulberry32 } from "../../simulator/profiles.js";
 import type { BenchContext, BenchFigures, BenchMarket, BenchSection } from "./types.js";
 
 const SIZES = [10, 100, 1000] as const;
-/** Readings per relay transaction: the master's default. Each is sent with the cap as its gas limit. */
+/**
+ * Readings per relay transaction: the largest batch this measures (MasterOptions.readingBatchSize
+ * was 400 when this was written). Each batch is sent with the 2^24 cap as its gas limit, so one
+ * that needs more fails here instead of passing unnoticed.
+ */
 const READING_BATCH = 400;
 /** Accounts per settle transaction: the master's default (MasterOptions.settleBatchSize). */
 const SETTLE_BATCH = 500;
