@@ -24,7 +24,7 @@ export interface MasterOptions {
   logger: Logger;
   /** How long to wait for agents' readings after asking (real ms). */
   collectTimeoutMs: number;
-  /** Readings per relay transaction; 400 keeps a batch well under 2^24 gas. */
+  /** Readings per relay transaction; 250 keeps a batch under 2^24 gas even with schedules and activations (~45k gas each). */
   readingBatchSize?: number;
   /** Accounts per settle transaction. */
   settleBatchSize?: number;
@@ -175,7 +175,7 @@ export class MasterAgent {
     const readings = inbox.take(slot);
     if (got < expected) this.o.logger({ level: "warn", msg: "readings missing at timeout", slot, got, expected });
     const valid = await this.validOnes(readings);
-    const size = this.o.readingBatchSize ?? 400;
+    const size = this.o.readingBatchSize ?? 250;
     for (let i = 0; i < valid.length; i += size) {
       const batch = valid.slice(i, i + size);
       try {

@@ -51,6 +51,11 @@ contract DayAheadMarket is IDayAheadMarket, AccessControl {
     bytes32 public constant REGULATOR_ROLE = keccak256("REGULATOR_ROLE");
     /// @notice Most orders one slot's book takes, so that its clearing fits one transaction (2^24 gas).
     uint256 public constant MAX_BOOK_SIZE = 1000;
+    /// @notice Largest order, in Wh (16.7 MWh in a quarter hour, 67 MW: beyond any feeder), so that
+    /// schedules, deviations and earnings always fit settlement's packed account record.
+    uint256 public constant MAX_ORDER_WH = 2 ** 24;
+    /// @notice Highest price bound (about 268 tokens per kWh), for the same reason.
+    uint256 public constant MAX_PRICE = 2 ** 28;
 
     struct Book {
         uint32 size;
@@ -192,18 +197,14 @@ contract DayAheadMarket is IDayAheadMarket, AccessControl {
             uint256 cost = Math.ceilDiv(award * price, 1000);
             refunds[i] = _escrowOf(buys[i].qtyWh, buys[i].price) - cost;
             scheduledCost += cost;
-            if (award > 0) {
-                _orders[slot][c.buyers[i]].awardedWh = uint40(award);
-                emit OrderAwarded(c.buyers[i], slot, false, award, refunds[i]);
-            }
+            // No event per order: the awards are in orderOf, refunds show as Transfers, and
+            // the ~2k gas per order keeps a full book of 1,000 within one transaction.
+            if (award > 0) _orders[slot][c.buyers[i]].awardedWh = uint40(award);
         }
         for (uint256 j = 0; j < ns; ++j) {
             uint256 award = sellAward[j];
             if (award != c.sellAwardsWh[j]) revert ClearingWrongAward(c.sellers[j], award, c.sellAwardsWh[j]);
-            if (award > 0) {
-                _orders[slot][c.sellers[j]].awardedWh = uint40(award);
-                emit OrderAwarded(c.sellers[j], slot, true, award, 0);
-            }
+            if (award > 0) _orders[slot][c.sellers[j]].awardedWh = uint40(award);
         }
         totalEscrow -= b.escrow;
         b.escrow = 0;
@@ -357,6 +358,7 @@ contract DayAheadMarket is IDayAheadMarket, AccessControl {
 
     function _checkOrder(OrderInput calldata input) private view {
         if (input.qtyWh == 0) revert OrderZeroQuantity();
+        if (input.qtyWh > MAX_ORDER_WH) revert OrderQuantityTooLarge(input.qtyWh, MAX_ORDER_WH);
         if (input.price < priceFloor || input.price > priceCap) revert OrderPriceOutOfBounds(input.price, priceFloor, priceCap);
     }
 
@@ -422,7 +424,7 @@ contract DayAheadMarket is IDayAheadMarket, AccessControl {
     }
 
     function _setBounds(uint256 floor_, uint256 cap_) private {
-        if (floor_ == 0 || floor_ > cap_ || cap_ > type(uint48).max) revert MarketBadBounds(floor_, cap_);
+        if (floor_ == 0 || floor_ > cap_ || cap_ > MAX_PRICE) revert MarketBadBounds(floor_, cap_);
         priceFloor = uint48(floor_);
         priceCap = uint48(cap_);
         emit BoundsSet(floor_, cap_);

@@ -88,7 +88,9 @@ interface IDayAheadMarket {
     error ClearingWrongAward(address account, uint256 expected, uint256 given);
     /// @dev `slot` has not started yet, or was cleared: its escrow cannot be reclaimed.
     error ReclaimNotAllowed(uint32 slot);
-    /// @dev Price bounds must satisfy 0 < floor <= cap < 2^48.
+    /// @dev `qtyWh` is above the largest order `max`.
+    error OrderQuantityTooLarge(uint256 qtyWh, uint256 max);
+    /// @dev Price bounds must satisfy 0 < floor <= cap <= 2^28.
     error MarketBadBounds(uint256 floor, uint256 cap);
     /// @dev An address that must be set was zero.
     error MarketZeroAddress();
@@ -99,9 +101,6 @@ interface IDayAheadMarket {
     event OrderCancelled(address indexed account, uint32 indexed slot, uint256 refund);
     /// @notice `slot` was cleared at `price` with `volumeWh` traded among `orders` orders, by `clearer`.
     event SlotCleared(uint32 indexed slot, uint256 price, uint256 volumeWh, uint256 orders, address clearer);
-    /// @notice `account`'s order in `slot` was awarded `awardedWh` (> 0); `refund` of its escrow went back to it.
-    /// Orders awarded nothing get no event: a buyer's full refund shows as a Transfer.
-    event OrderAwarded(address indexed account, uint32 indexed slot, bool isSell, uint256 awardedWh, uint256 refund);
     /// @notice Escrow of an order in a slot that nobody cleared went back to its owner.
     event EscrowReclaimed(address indexed account, uint32 indexed slot, uint256 refund);
     /// @notice The regulator set the price bounds of orders.

@@ -80,7 +80,9 @@ interface IIntradayMarket {
     error BalancingWrongResult(uint256 expectedPrice, uint256 givenPrice, uint256 expectedVolumeWh, uint256 givenVolumeWh);
     /// @dev The activation of `account` should be `expected`, not `given`.
     error BalancingWrongActivation(address account, uint256 expected, uint256 given);
-    /// @dev Price bounds must satisfy 0 < floor <= cap < 2^48.
+    /// @dev `qtyWh` is above the largest offer `max`.
+    error OfferQuantityTooLarge(uint256 qtyWh, uint256 max);
+    /// @dev Price bounds must satisfy 0 < floor <= cap <= 2^28.
     error BalancingBadBounds(uint256 floor, uint256 cap);
     /// @dev An address that must be set was zero.
     error BalancingZeroAddress();

@@ -5,6 +5,7 @@ import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {Math} from "@openzeppelin/contracts/utils/math/Math.sol";
+import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {IParticipantRegistry} from "../registry/IParticipantRegistry.sol";
 import {IBalancingSource, IScheduleSink, IScheduleSource} from "../settlement/IScheduleSink.sol";
 import {IIntradayMarket} from "./IIntradayMarket.sol";
@@ -39,8 +40,12 @@ contract IntradayMarket is IIntradayMarket, IBalancingSource, AccessControl {
     using SafeERC20 for IERC20;
 
     bytes32 public constant REGULATOR_ROLE = keccak256("REGULATOR_ROLE");
-    /// @notice Most offers one slot's book takes, so that its clearing fits one transaction (2^24 gas).
-    uint256 public constant MAX_BOOK_SIZE = 1000;
+    /// @notice Most offers one slot's book takes, so that its clearing fits one transaction (2^24 gas)
+    /// even when every offer is activated and refunded (about 22k gas each).
+    uint256 public constant MAX_BOOK_SIZE = 600;
+    /// @notice Largest offer, in Wh, and highest price bound: see DayAheadMarket.
+    uint256 public constant MAX_OFFER_WH = 2 ** 24;
+    uint256 public constant MAX_PRICE = 2 ** 28;
 
     struct Book {
         uint32 size;
@@ -116,9 +121,9 @@ contract IntradayMarket is IIntradayMarket, IBalancingSource, AccessControl {
             int256 deviation = int256(netWh[k]) - scheduled;
             Forecast storage f = _forecasts[slot][account];
             Book storage b = _books[slot];
-            b.imbalanceWh = int64(int256(b.imbalanceWh) - (f.set ? int256(f.deviationWh) : int256(0)) + deviation);
+            b.imbalanceWh = SafeCast.toInt64(int256(b.imbalanceWh) - (f.set ? int256(f.deviationWh) : int256(0)) + deviation);
             f.set = true;
-            f.deviationWh = int40(deviation);
+            f.deviationWh = SafeCast.toInt40(deviation);
             emit ForecastSubmitted(account, slot, netWh[k], deviation);
         }
     }
@@ -296,6 +301,7 @@ contract IntradayMarket is IIntradayMarket, IBalancingSource, AccessControl {
     function _place(address account, OfferInput calldata input) private returns (int256 delta) {
         _checkWindow(input.slot);
         if (input.qtyWh == 0) revert OfferZeroQuantity();
+        if (input.qtyWh > MAX_OFFER_WH) revert OfferQuantityTooLarge(input.qtyWh, MAX_OFFER_WH);
         if (input.price < priceFloor || input.price > priceCap) revert OfferPriceOutOfBounds(input.price, priceFloor, priceCap);
         Offer storage o = _offers[input.slot][account];
         Book storage b = _books[input.slot];
@@ -370,7 +376,7 @@ contract IntradayMarket is IIntradayMarket, IBalancingSource, AccessControl {
     }
 
     function _setBounds(uint256 floor_, uint256 cap_) private {
-        if (floor_ == 0 || floor_ > cap_ || cap_ > type(uint48).max) revert BalancingBadBounds(floor_, cap_);
+        if (floor_ == 0 || floor_ > cap_ || cap_ > MAX_PRICE) revert BalancingBadBounds(floor_, cap_);
         priceFloor = uint48(floor_);
         priceCap = uint48(cap_);
         emit BoundsSet(floor_, cap_);

@@ -167,7 +167,7 @@ abstract contract MeterLedger is IMeterLedger, EIP712 {
             a.earned = 0;
         } else {
             (int256 deviation, uint256 earned) = _countReading(rd.account, billedSlot, slot, netWh);
-            a.deviationWh = int40(deviation);
+            a.deviationWh = SafeCast.toInt40(deviation);
             a.earned = SafeCast.toUint48(earned);
         }
         _accounts[rd.account] = a;

@@ -39,7 +39,7 @@ interface ISettlement {
 
     /// @dev An address that must be set was zero.
     error SettlementZeroAddress();
-    /// @dev Prices must satisfy 0 < feedIn <= retail < 2^48.
+    /// @dev Prices must satisfy 0 < feedIn <= retail <= 2^28.
     error SettlementBadPrices(uint256 feedInPrice, uint256 retailPrice);
     /// @dev `account` is not a registered participant.
     error SettlementNotRegistered(address account);

@@ -69,8 +69,9 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
     bytes32 public constant MASTER_ROLE = keccak256("MASTER_ROLE");
     /// @notice Role of the markets: may pay the cost of scheduled energy into a slot's pool.
     bytes32 public constant MARKET_ROLE = keccak256("MARKET_ROLE");
-    /// @dev Prices fit 48 bits, so a slot's bills (at most 2^32 Wh each) fit the pool's 112 bits.
-    uint256 private constant MAX_PRICE = type(uint48).max;
+    /// @dev About 268 tokens per kWh: with the markets' largest order (2^24 Wh) a reading's
+    /// scheduled earnings over MAX_SCHEDULE_GAP slots stay within the account's 48 bits.
+    uint256 private constant MAX_PRICE = 2 ** 28;
 
     /// @dev Two storage slots per market slot, shared by all its participants.
     struct SlotState {
@@ -336,8 +337,8 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
             s.downPrice = uint48(downPrice);
         }
         deviationWh = netWh - scheduled;
-        if (deviationWh > 0) s.demandWh += uint40(uint256(deviationWh));
-        else if (deviationWh < 0) s.supplyWh += uint40(uint256(-deviationWh));
+        if (deviationWh > 0) s.demandWh += SafeCast.toUint40(uint256(deviationWh));
+        else if (deviationWh < 0) s.supplyWh += SafeCast.toUint40(uint256(-deviationWh));
         s.readings += 1;
     }
 

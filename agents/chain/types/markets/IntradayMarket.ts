@@ -28,12 +28,14 @@ export declare namespace IIntradayMarket {
     }
 
   export interface IntradayMarketInterface extends Interface {
-    getFunction(nameOrSignature: "DEFAULT_ADMIN_ROLE" | "MAX_BOOK_SIZE" | "REGULATOR_ROLE" | "activationOf" | "book" | "cancelOffer" | "clear" | "dayAhead" | "forecastOf" | "gateLeadSeconds" | "getRoleAdmin" | "grantRole" | "hasRole" | "offerOf" | "openLeadSeconds" | "placeOffers" | "priceCap" | "priceFloor" | "registry" | "renounceRole" | "revokeRole" | "setBounds" | "settlement" | "slotResult" | "slotSeconds" | "submitForecasts" | "supportsInterface" | "token" | "totalEscrow" | "window"): FunctionFragment;
+    getFunction(nameOrSignature: "DEFAULT_ADMIN_ROLE" | "MAX_BOOK_SIZE" | "MAX_OFFER_WH" | "MAX_PRICE" | "REGULATOR_ROLE" | "activationOf" | "book" | "cancelOffer" | "clear" | "dayAhead" | "forecastOf" | "gateLeadSeconds" | "getRoleAdmin" | "grantRole" | "hasRole" | "offerOf" | "openLeadSeconds" | "placeOffers" | "priceCap" | "priceFloor" | "registry" | "renounceRole" | "revokeRole" | "setBounds" | "settlement" | "slotResult" | "slotSeconds" | "submitForecasts" | "supportsInterface" | "token" | "totalEscrow" | "window"): FunctionFragment;
 
     getEvent(nameOrSignatureOrTopic: "BalancingCleared" | "BoundsSet" | "ForecastSubmitted" | "OfferActivated" | "OfferCancelled" | "OfferPlaced" | "RoleAdminChanged" | "RoleGranted" | "RoleRevoked"): EventFragment;
 
     encodeFunctionData(functionFragment: 'DEFAULT_ADMIN_ROLE', values?: undefined): string;
 encodeFunctionData(functionFragment: 'MAX_BOOK_SIZE', values?: undefined): string;
+encodeFunctionData(functionFragment: 'MAX_OFFER_WH', values?: undefined): string;
+encodeFunctionData(functionFragment: 'MAX_PRICE', values?: undefined): string;
 encodeFunctionData(functionFragment: 'REGULATOR_ROLE', values?: undefined): string;
 encodeFunctionData(functionFragment: 'activationOf', values: [BigNumberish, AddressLike]): string;
 encodeFunctionData(functionFragment: 'book', values: [BigNumberish]): string;
@@ -65,6 +67,8 @@ encodeFunctionData(functionFragment: 'window', values: [BigNumberish]): string;
 
     decodeFunctionResult(functionFragment: 'DEFAULT_ADMIN_ROLE', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'MAX_BOOK_SIZE', data: BytesLike): Result;
+decodeFunctionResult(functionFragment: 'MAX_OFFER_WH', data: BytesLike): Result;
+decodeFunctionResult(functionFragment: 'MAX_PRICE', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'REGULATOR_ROLE', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'activationOf', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'book', data: BytesLike): Result;
@@ -247,6 +251,22 @@ decodeFunctionResult(functionFragment: 'window', data: BytesLike): Result;
 
     
     MAX_BOOK_SIZE: TypedContractMethod<
+      [],
+      [bigint],
+      'view'
+    >
+    
+
+    
+    MAX_OFFER_WH: TypedContractMethod<
+      [],
+      [bigint],
+      'view'
+    >
+    
+
+    
+    MAX_PRICE: TypedContractMethod<
       [],
       [bigint],
       'view'
@@ -486,6 +506,16 @@ decodeFunctionResult(functionFragment: 'window', data: BytesLike): Result;
       'view'
     >;
 getFunction(nameOrSignature: 'MAX_BOOK_SIZE'): TypedContractMethod<
+      [],
+      [bigint],
+      'view'
+    >;
+getFunction(nameOrSignature: 'MAX_OFFER_WH'): TypedContractMethod<
+      [],
+      [bigint],
+      'view'
+    >;
+getFunction(nameOrSignature: 'MAX_PRICE'): TypedContractMethod<
       [],
       [bigint],
       'view'

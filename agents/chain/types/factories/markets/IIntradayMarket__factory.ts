@@ -288,6 +288,22 @@
     "type": "error"
   },
   {
+    "inputs": [
+      {
+        "internalType": "uint256",
+        "name": "qtyWh",
+        "type": "uint256"
+      },
+      {
+        "internalType": "uint256",
+        "name": "max",
+        "type": "uint256"
+      }
+    ],
+    "name": "OfferQuantityTooLarge",
+    "type": "error"
+  },
+  {
     "inputs": [],
     "name": "OfferZeroQuantity",
     "type": "error"

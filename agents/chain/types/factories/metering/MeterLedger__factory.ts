@@ -222,6 +222,22 @@
         "type": "uint8"
       },
       {
+        "internalType": "int256",
+        "name": "value",
+        "type": "int256"
+      }
+    ],
+    "name": "SafeCastOverflowedIntDowncast",
+    "type": "error"
+  },
+  {
+    "inputs": [
+      {
+        "internalType": "uint8",
+        "name": "bits",
+        "type": "uint8"
+      },
+      {
         "internalType": "uint256",
         "name": "value",
         "type": "uint256"
