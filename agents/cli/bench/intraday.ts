@@ -75,7 +75,7 @@ const SIZES = [10, 100, 1000] as const;
  * Readings per relay transaction. The master's default of 400 does not fit under the 2^24 cap
  * once schedules and activations are read with each reading (about 45,000 gas a reading).
  */
-const READING_BATCH = 300;
+const READING_BATCH = 250; // the master's default batch (agents/master/masterAgent.ts)
 /** EIP-7825's per-transaction gas cap, which the node enforces. */
 const TX_GAS_CAP = 2 ** 24;
 /** A gas limit for transactions above the cap, where there is none. */

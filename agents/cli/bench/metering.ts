@@ -71,7 +71,7 @@ const SIZES = [10, 100, 1000] as const;
  * was 400 when this was written). Each batch is sent with the 2^24 cap as its gas limit, so one
  * that needs more fails here instead of passing unnoticed.
  */
-const READING_BATCH = 400;
+const READING_BATCH = 250; // the master's default batch (agents/master/masterAgent.ts)
 /** Accounts per settle transaction: the master's default (MasterOptions.settleBatchSize). */
 const SETTLE_BATCH = 500;
 /** EIP-7825's per-transaction gas cap, which the node enforces. */
