@@ -12,7 +12,7 @@ import path from "node:path";
 import { formatUnits } from "ethers";
 import { jsonLineLogger } from "../log.js";
 import type { SlotReport } from "../master/masterAgent.js";
-import { imbalanceAfter, imbalanceBefore } from "../simulator/dayFigures.js";
+import { abs, imbalanceAfter, imbalanceBefore } from "../simulator/dayFigures.js";
 import { withSimulatedMarket } from "../simulator/marketRun.js";
 import { formatTable, parseCli, runCli } from "./common.js";
 
@@ -147,10 +147,6 @@ function printSlot(r: SlotReport): void {
     Number(formatUnits(bills, 6)).toFixed(3),
   ];
   process.stdout.write(`${cells.map((c, i) => (i === 0 ? c.padEnd(COLUMNS[i]![1]) : c.padStart(COLUMNS[i]![1]))).join(" ")}${r.closed ? "" : "  (open)"}\n`);
-}
-
-function abs(x: bigint): bigint {
-  return x < 0n ? -x : x;
 }
 
 function num(wh: bigint): string {

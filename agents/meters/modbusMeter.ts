@@ -9,22 +9,10 @@ import {
   type RegisterMap,
   type WordOrder,
 } from "./registerMaps.js";
+import { silentLogger, type LogLevel, type Logger } from "../log.js";
 
-// ---------------------------------------------------------------------------------------
-// Logging: structured records, one JSON line each once written (agents/log.ts has a
-// jsonLineLogger that fits). Records carry `ts` from the injected clock, so that logs of a
+// Logs carry `ts` from the injected clock (agents/log.ts keeps a given one), so that logs of a
 // simulated day show simulated time.
-
-export type LogLevel = "debug" | "info" | "warn" | "error";
-export interface LogRecord {
-  ts: string;
-  level: LogLevel;
-  msg: string;
-  [field: string]: unknown;
-}
-export type Logger = (record: LogRecord) => void;
-
-const silentLogger: Logger = () => {};
 
 // ---------------------------------------------------------------------------------------
 // Errors

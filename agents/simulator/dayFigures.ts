@@ -1,6 +1,6 @@
 import type { SlotReport } from "../master/masterAgent.js";
 
-function abs(x: bigint): bigint {
+export function abs(x: bigint): bigint {
   return x < 0n ? -x : x;
 }
 

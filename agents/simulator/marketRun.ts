@@ -311,15 +311,21 @@ async function approveMarkets(market: MarketContracts, households: Household[]):
 }
 
 async function approve(market: MarketContracts, households: Household[], spender: string): Promise<void> {
-  const token = market.energyToken;
-  const [name, chainId, tokenAddress] = await Promise.all([token.name(), market.provider.getNetwork().then((n) => n.chainId), token.getAddress()]);
+  const value = TOKEN("1000");
   for (const h of households.filter((x) => x.member.kind !== "slackUnit")) {
-    const value = TOKEN("1000");
-    const nonce = await token.nonces(h.account);
-    const deadline = BigInt(Math.floor(Date.now() / 1000) + 10 * 365 * 86400);
-    const sig = Signature.from(await h.wallet.signTypedData({ name, version: "1", chainId, verifyingContract: tokenAddress }, PERMIT_TYPES, { owner: h.account, spender, value, nonce, deadline }));
-    await (await token.permit(h.account, spender, value, deadline, sig.v, sig.r, sig.s)).wait();
+    const { deadline, v, r, s } = await signPermit(market, h, spender, value);
+    await (await market.energyToken.permit(h.account, spender, value, deadline, v, r, s)).wait();
   }
+}
+
+/** `h`'s EIP-2612 permit for `spender` to take `value` of its tokens, valid for ten years. */
+async function signPermit(market: MarketContracts, h: Household, spender: string, value: bigint): Promise<{ deadline: bigint; v: number; r: string; s: string }> {
+  const token = market.energyToken;
+  const [name, tokenAddress, nonce] = await Promise.all([token.name(), token.getAddress(), token.nonces(h.account)]);
+  const deadline = BigInt(Math.floor(Date.now() / 1000) + 10 * 365 * 86400);
+  const domain = { name, version: "1", chainId: market.chainId, verifyingContract: tokenAddress };
+  const { v, r, s } = Signature.from(await h.wallet.signTypedData(domain, PERMIT_TYPES, { owner: h.account, spender, value, nonce, deadline }));
+  return { deadline, v, r, s };
 }
 
 const PERMIT_TYPES = {
@@ -338,18 +344,10 @@ function sleep(ms: number): Promise<void> {
 
 /** Every household deposits into escrow with an EIP-2612 permit: one transaction, no approve. */
 async function depositAll(settlement: Settlement, market: MarketContracts, households: Household[], tokens: string): Promise<void> {
-  const token = market.energyToken;
-  const [name, chainId, tokenAddress, spender] = await Promise.all([token.name(), market.provider.getNetwork().then((n) => n.chainId), token.getAddress(), settlement.getAddress()]);
+  const spender = await settlement.getAddress();
   for (const h of households) {
     const value = TOKEN(h.member.kind === "slackUnit" ? "5000" : tokens);
-    const nonce = await token.nonces(h.account);
-    const deadline = BigInt(Math.floor(Date.now() / 1000) + 10 * 365 * 86400);
-    const sig = await h.wallet.signTypedData(
-      { name, version: "1", chainId, verifyingContract: tokenAddress },
-      PERMIT_TYPES,
-      { owner: h.account, spender, value, nonce, deadline },
-    );
-    const { v, r, s } = Signature.from(sig);
+    const { deadline, v, r, s } = await signPermit(market, h, spender, value);
     await (await settlement.connect(h.wallet).depositWithPermit(value, deadline, v, r, s)).wait();
   }
 }

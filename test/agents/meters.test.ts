@@ -12,9 +12,9 @@ import {
   ModbusMeter,
   decodeEnergyWh,
   encodeSetpoint,
-  type LogRecord,
   type ModbusMeterOptions,
 } from "../../agents/meters/modbusMeter.js";
+import type { LogRecord } from "../../agents/log.js";
 import { SDM120, SDM630, parseRegisterMap, resolveRegisterMap, toRational } from "../../agents/meters/registerMaps.js";
 import { BATTERY_MODE, EV_MODE, ManualClock, MeterServer, SETPOINT_REGISTERS, SimulatedMeter } from "../../agents/simulator/meterServer.js";
 import { HOUSEHOLD_KINDS, HouseholdSimulator, householdSpec, mulberry32, type HouseholdKind } from "../../agents/simulator/profiles.js";
