@@ -6,8 +6,9 @@ import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {IERC20Permit} from "@openzeppelin/contracts/token/ERC20/extensions/IERC20Permit.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {Math} from "@openzeppelin/contracts/utils/math/Math.sol";
+import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {IParticipantRegistry} from "../registry/IParticipantRegistry.sol";
-import {IScheduleSink} from "../settlement/IScheduleSink.sol";
+import {IScheduleSink, IScheduleSource} from "../settlement/IScheduleSink.sol";
 import {IDayAheadMarket} from "./IDayAheadMarket.sol";
 
 /**
@@ -49,6 +50,8 @@ contract DayAheadMarket is IDayAheadMarket, AccessControl {
 
     /// @notice Role allowed to set price bounds.
     bytes32 public constant REGULATOR_ROLE = keccak256("REGULATOR_ROLE");
+    /// @notice Role of the balancing market: may add activations to schedules.
+    bytes32 public constant BALANCING_ROLE = keccak256("BALANCING_ROLE");
     /// @notice Most orders one slot's book takes, so that its clearing fits one transaction (2^24 gas).
     uint256 public constant MAX_BOOK_SIZE = 1000;
     /// @notice Largest order, in Wh (16.7 MWh in a quarter hour, 67 MW: beyond any feeder), so that
@@ -243,14 +246,36 @@ contract DayAheadMarket is IDayAheadMarket, AccessControl {
         _setBounds(floor_, cap_);
     }
 
+    /**
+     * @inheritdoc IScheduleSource
+     * @dev Kept in the order's own storage word, so that settlement reads a participant's whole
+     * schedule (award and activations) with one call and one storage read per reading.
+     */
+    function recordActivations(uint32 slot, address[] calldata accounts, int256[] calldata activatedWh)
+        external
+        onlyRole(BALANCING_ROLE)
+    {
+        if (accounts.length != activatedWh.length) revert ActivationsLengthMismatch(accounts.length, activatedWh.length);
+        for (uint256 i = 0; i < accounts.length; ++i) {
+            Order storage o = _orders[slot][accounts[i]];
+            o.activatedWh = SafeCast.toInt32(o.activatedWh + activatedWh[i]);
+        }
+        emit ActivationsRecorded(slot, msg.sender, accounts.length);
+    }
+
     // ---------------------------------------------------------------- views
 
-    /// @inheritdoc IDayAheadMarket
-    function scheduleOf(uint32 slot, address account) external view returns (int256 netWh, uint256 price) {
-        Book storage b = _books[slot];
-        if (!b.cleared) return (0, 0);
+    /// @inheritdoc IScheduleSource
+    function scheduleOf(uint32 slot, address account)
+        external
+        view
+        returns (int256 dayAheadWh, uint256 price, int256 activatedWh)
+    {
         Order storage o = _orders[slot][account];
-        netWh = o.isSell ? -int256(uint256(o.awardedWh)) : int256(uint256(o.awardedWh));
+        activatedWh = o.activatedWh;
+        Book storage b = _books[slot];
+        if (!b.cleared) return (0, 0, activatedWh);
+        dayAheadWh = o.isSell ? -int256(uint256(o.awardedWh)) : int256(uint256(o.awardedWh));
         price = b.price;
     }
 

@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: MIT
 pragma solidity ^0.8.28;
 
+import {IScheduleSource} from "../settlement/IScheduleSink.sol";
+
 /**
  * @title IDayAheadMarket
  * @notice Day-ahead double auction per slot, with escrowed buy orders. See DayAheadMarket.
  */
-interface IDayAheadMarket {
+interface IDayAheadMarket is IScheduleSource {
     /// @notice One participant's order in one slot: a buy (limit = highest price) or a sell (limit = lowest price).
     struct Order {
         bool isSell;
@@ -14,6 +16,7 @@ interface IDayAheadMarket {
         uint32 index; // position in the slot's book, fixed at first placement: the time priority
         uint40 awardedWh;
         bool placed;
+        int32 activatedWh; // the balancing market's activations in the slot (+ downward, - upward)
     }
 
     /// @notice What a participant sends to place or change an order.
@@ -90,6 +93,8 @@ interface IDayAheadMarket {
     error ReclaimNotAllowed(uint32 slot);
     /// @dev `qtyWh` is above the largest order `max`.
     error OrderQuantityTooLarge(uint256 qtyWh, uint256 max);
+    /// @dev Lists of different lengths.
+    error ActivationsLengthMismatch(uint256 accounts, uint256 activations);
     /// @dev Price bounds must satisfy 0 < floor <= cap <= 2^28.
     error MarketBadBounds(uint256 floor, uint256 cap);
     /// @dev An address that must be set was zero.
@@ -105,6 +110,8 @@ interface IDayAheadMarket {
     event EscrowReclaimed(address indexed account, uint32 indexed slot, uint256 refund);
     /// @notice The regulator set the price bounds of orders.
     event BoundsSet(uint256 floor, uint256 cap);
+    /// @notice The balancing market `market` added the activations of `count` participants to their schedules in `slot`.
+    event ActivationsRecorded(uint32 indexed slot, address indexed market, uint256 count);
 
     /// @notice Places one order, escrowing a buy's worst case (quantity times limit) from the caller.
     function placeOrder(OrderInput calldata order) external;
@@ -131,8 +138,6 @@ interface IDayAheadMarket {
     /// @notice Sets the price bounds of orders. Only the regulator.
     function setBounds(uint256 floor, uint256 cap) external;
 
-    /// @notice The scheduled net energy of `account` in `slot` (+ bought, - sold) and the slot's price; zero before clearing.
-    function scheduleOf(uint32 slot, address account) external view returns (int256 netWh, uint256 price);
 
     /// @notice The order of `account` in `slot`.
     function orderOf(uint32 slot, address account) external view returns (Order memory);

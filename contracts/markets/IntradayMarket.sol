@@ -117,8 +117,8 @@ contract IntradayMarket is IIntradayMarket, IBalancingSource, AccessControl {
         for (uint256 k = 0; k < netWh.length; ++k) {
             uint32 slot = firstSlot + uint32(k);
             _checkWindow(slot);
-            (int256 scheduled,) = dayAhead.scheduleOf(slot, account);
-            int256 deviation = int256(netWh[k]) - scheduled;
+            (int256 scheduled,, int256 activated) = dayAhead.scheduleOf(slot, account);
+            int256 deviation = int256(netWh[k]) - scheduled - activated;
             Forecast storage f = _forecasts[slot][account];
             Book storage b = _books[slot];
             b.imbalanceWh = SafeCast.toInt64(int256(b.imbalanceWh) - (f.set ? int256(f.deviationWh) : int256(0)) + deviation);
@@ -191,10 +191,16 @@ contract IntradayMarket is IIntradayMarket, IBalancingSource, AccessControl {
         (uint256 volume, uint256 price) = up ? _activate(ups, need, upAct) : _activate(downs, need, downAct);
         if (price != c.price || volume != c.volumeWh) revert BalancingWrongResult(price, c.price, volume, c.volumeWh);
 
+        // The activated offers, which join their owners' schedules in the day-ahead market.
+        address[] memory activated = new address[](nu + nd);
+        int256[] memory activatedWh = new int256[](nu + nd);
+        uint256 count;
         for (uint256 i = 0; i < nu; ++i) {
             if (upAct[i] != c.upActivationsWh[i]) revert BalancingWrongActivation(c.ups[i], upAct[i], c.upActivationsWh[i]);
             if (upAct[i] > 0) {
                 _offers[slot][c.ups[i]].activatedWh = uint40(upAct[i]);
+                activated[count] = c.ups[i];
+                activatedWh[count++] = -int256(upAct[i]);
                 emit OfferActivated(c.ups[i], slot, true, upAct[i], 0);
             }
         }
@@ -207,6 +213,8 @@ contract IntradayMarket is IIntradayMarket, IBalancingSource, AccessControl {
             cost += paid;
             if (downAct[j] > 0) {
                 _offers[slot][c.downs[j]].activatedWh = uint40(downAct[j]);
+                activated[count] = c.downs[j];
+                activatedWh[count++] = int256(downAct[j]);
                 emit OfferActivated(c.downs[j], slot, false, downAct[j], refunds[j]);
             }
         }
@@ -217,6 +225,15 @@ contract IntradayMarket is IIntradayMarket, IBalancingSource, AccessControl {
         b.price = uint48(price);
         b.activatedWh = uint64(volume);
         emit BalancingCleared(slot, imbalance, up, volume, price, msg.sender);
+
+        if (count > 0) {
+            assembly ("memory-safe") {
+                // Only the activated ones: shorten both lists in place.
+                mstore(activated, count)
+                mstore(activatedWh, count)
+            }
+            dayAhead.recordActivations(slot, activated, activatedWh);
+        }
 
         for (uint256 j = 0; j < nd; ++j) {
             if (refunds[j] > 0) token.safeTransfer(c.downs[j], refunds[j]);
@@ -234,11 +251,10 @@ contract IntradayMarket is IIntradayMarket, IBalancingSource, AccessControl {
 
     // ---------------------------------------------------------------- views
 
-    /// @inheritdoc IBalancingSource
+    /// @inheritdoc IIntradayMarket
     function activationOf(uint32 slot, address account)
         external
         view
-        override(IIntradayMarket, IBalancingSource)
         returns (int256 activatedWh, uint256 price)
     {
         Book storage b = _books[slot];

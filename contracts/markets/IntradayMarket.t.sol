@@ -28,6 +28,9 @@ bytes32 constant BILLED = keccak256("Billed(address,uint32,int256,uint256,int256
 bytes32 constant SLOT_CLOSED = keccak256("SlotClosed(uint32,uint256,uint256,uint256,int256)");
 bytes32 constant SCHEDULE_PAID = keccak256("SchedulePaid(uint32,address,uint256)");
 bytes32 constant TRANSFER = keccak256("Transfer(address,address,uint256)");
+bytes32 constant DEPOSITED = keccak256("Deposited(address,address,uint256)");
+bytes32 constant WITHDRAWN = keccak256("Withdrawn(address,uint256)");
+bytes32 constant DEBT_REPAID = keccak256("DebtRepaid(address,uint256,uint256)");
 
 /// @dev The cheatcodes these tests use (Foundry-compatible, served by Hardhat's EDR).
 interface IntradayCheats {
@@ -232,6 +235,8 @@ abstract contract ActivationSettlementBase is IntradayTestMarket {
     mapping(uint32 slot => int256) internal billsNet;
     mapping(uint32 slot => uint256) internal earningsPaid;
     mapping(uint32 slot => mapping(uint256 i => uint256)) internal billCount;
+    /// @dev Each participant's deposit when `_consumeLogs` (or `_seeDeposits`) last looked.
+    uint256[N] internal seenDeposit;
     uint256 internal closedSlots;
     uint256 public activatedBills;
 
@@ -315,34 +320,57 @@ abstract contract ActivationSettlementBase is IntradayTestMarket {
         require(sum == token.totalSupply(), string.concat("sum of balances != total supply: ", where));
     }
 
+    /// @dev Consumes one step's logs: bills and closed slots against the test's meters, and every
+    /// participant's deposit change against its deposits, withdrawals, debt repaid and bills
+    /// (earnings are paid into deposits: settlement sends a participant tokens only when it withdraws).
     function _consumeLogs(IntradayCheats.Log[] memory logs) internal {
-        address[] memory to = new address[](logs.length);
-        int256[] memory received = new int256[](logs.length);
-        uint256 n;
+        int256[N] memory change;
+        uint256[N] memory sent;
+        uint256[N] memory withdrawn;
         for (uint256 j = 0; j < logs.length; ++j) {
             IntradayCheats.Log memory log = logs[j];
-            if (log.emitter != address(token) || log.topics.length == 0 || log.topics[0] != TRANSFER) continue;
-            if (address(uint160(uint256(log.topics[1]))) != address(settlement)) continue;
-            address who = address(uint160(uint256(log.topics[2])));
-            uint256 k = 0;
-            while (k < n && to[k] != who) ++k;
-            if (k == n) to[n++] = who;
-            received[k] += int256(abi.decode(log.data, (uint256)));
-        }
-        for (uint256 j = 0; j < logs.length; ++j) {
-            IntradayCheats.Log memory log = logs[j];
-            if (log.emitter != address(settlement) || log.topics.length == 0) continue;
-            if (log.topics[0] == BILLED) {
-                _consumeBill(log, to, received, n);
-            } else if (log.topics[0] == SLOT_CLOSED) {
-                _consumeClose(log);
-            } else if (log.topics[0] == SCHEDULE_PAID) {
-                paidIn[uint32(uint256(log.topics[1]))] += abi.decode(log.data, (uint256));
+            if (log.topics.length < 2) continue;
+            uint256 i = _indexOf(address(uint160(uint256(log.topics[1]))));
+            if (log.emitter == address(token) && log.topics[0] == TRANSFER) {
+                uint256 k = _indexOf(address(uint160(uint256(log.topics[2]))));
+                if (address(uint160(uint256(log.topics[1]))) == address(settlement) && k < N) sent[k] += abi.decode(log.data, (uint256));
+                continue;
             }
+            if (log.emitter != address(settlement)) continue;
+            bytes32 topic = log.topics[0];
+            if (topic == BILLED) {
+                _consumeBill(log, change);
+            } else if (topic == SLOT_CLOSED) {
+                _consumeClose(log);
+            } else if (topic == SCHEDULE_PAID) {
+                paidIn[uint32(uint256(log.topics[1]))] += abi.decode(log.data, (uint256));
+            } else if (topic == DEPOSITED && i < N) {
+                change[i] += int256(abi.decode(log.data, (uint256)));
+            } else if (topic == WITHDRAWN && i < N) {
+                uint256 amount = abi.decode(log.data, (uint256));
+                change[i] -= int256(amount);
+                withdrawn[i] += amount;
+            } else if (topic == DEBT_REPAID && i < N) {
+                (uint256 repaid,) = abi.decode(log.data, (uint256, uint256));
+                change[i] -= int256(repaid);
+            }
+        }
+        for (uint256 i = 0; i < N; ++i) {
+            if (sent[i] != withdrawn[i]) _violate("settlement sent a participant tokens it did not withdraw");
+            uint256 deposit = settlement.accountState(accounts[i]).deposit;
+            if (int256(deposit) - int256(seenDeposit[i]) != change[i]) {
+                _violate("deposit change != deposits - withdrawals - debt repaid + earnings - deviation paid");
+            }
+            seenDeposit[i] = deposit;
         }
     }
 
-    function _consumeBill(IntradayCheats.Log memory log, address[] memory to, int256[] memory received, uint256 n) private {
+    /// @dev Takes the participants' deposits as they are now (call after vm.recordLogs()).
+    function _seeDeposits() internal {
+        for (uint256 i = 0; i < N; ++i) seenDeposit[i] = settlement.accountState(accounts[i]).deposit;
+    }
+
+    function _consumeBill(IntradayCheats.Log memory log, int256[N] memory change) private {
         address account = address(uint160(uint256(log.topics[1])));
         uint32 slot = uint32(uint256(log.topics[2]));
         (int256 deviationWh, uint256 earned, int256 amount, uint256 shortfall) = abi.decode(log.data, (int256, uint256, int256, uint256));
@@ -356,16 +384,9 @@ abstract contract ActivationSettlementBase is IntradayTestMarket {
         uint256 expectedEarned = (q < 0 ? uint256(-q) * awardPrice[slot] / 1000 : 0) + (a < 0 ? uint256(-a) * upPriceOf[slot] / 1000 : 0);
         if (earned != expectedEarned) _violate("earnings != scheduled sales + upward activation at their prices");
         if (amount != _deviationAmount(slot, deviationWh)) _violate("the deviation's amount is not the real-time price's");
-        int256 expected;
-        if (amount > 0) {
-            uint256 paid = uint256(amount) - shortfall;
-            expected = int256(earned - (paid < earned ? paid : earned));
-        } else {
-            expected = int256(earned) - amount;
-        }
-        int256 got;
-        for (uint256 k = 0; k < n; ++k) if (to[k] == account) got = received[k];
-        if (got != expected) _violate("payout != earnings + deviation revenue - what the deviation took");
+        // Earnings and revenue go into the deposit; the deviation's cost comes out of it, except
+        // what could not be paid.
+        change[i] += int256(earned) - amount + int256(shortfall);
         billsNet[slot] += amount - int256(shortfall);
         earningsPaid[slot] += earned;
         if (a != 0) activatedBills += 1;
@@ -415,7 +436,7 @@ contract IntradaySettlementFuzzTest is ActivationSettlementBase {
 
     function setUp() public {
         _deployMarket();
-        balancing = new TestBalancingSource(token, settlement);
+        balancing = new TestBalancingSource(token, settlement, source);
         balancingHolder = address(balancing);
         settlement.setMarkets(source, balancing);
     }
@@ -438,6 +459,7 @@ contract IntradaySettlementFuzzTest is ActivationSettlementBase {
         uint256 seed
     ) public {
         vm.recordLogs();
+        _seeDeposits();
         _fund(reserve, type(uint48).max);
         for (uint256 i = 0; i < N; ++i) _fund(accounts[i], deposits[i] % (30 * ONE));
         _fund(slack, uint256(deposits[0]) % (300 * ONE));
@@ -584,6 +606,7 @@ contract IntradayMarketSettlementFuzzTest is ActivationSettlementBase {
         uint256 seed
     ) public {
         vm.recordLogs();
+        _seeDeposits();
         _fund(reserve, type(uint48).max);
         for (uint256 i = 0; i < N; ++i) _fund(accounts[i], deposits[i] % (30 * ONE));
         _fund(slack, uint256(deposits[0]) % (300 * ONE));

@@ -43,7 +43,8 @@ interface IMeterLedger {
     error ReadingRegisterDecreased(uint32 slot, uint64 importWh, uint64 exportWh, uint64 lastImportWh, uint64 lastExportWh);
     /// @dev A different reading for `slot` is stored already.
     error ReadingConflict(uint32 slot, uint64 storedImportWh, uint64 storedExportWh);
-    /// @dev A register or a slot's energy is beyond what the ledger stores (40-bit registers, 32-bit deltas and net energy).
+    /// @dev A register or a slot's energy is beyond what the ledger stores (40-bit registers, 32-bit
+    /// deltas, net energy within +-2^30 Wh, about 1 GWh).
     error ReadingOutOfRange(uint32 slot);
 
     /// @notice A reading was recorded; `importDeltaWh`/`exportDeltaWh` is the energy attributed to `slot`.

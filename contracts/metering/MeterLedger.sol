@@ -2,16 +2,15 @@
 pragma solidity ^0.8.28;
 
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
-import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {IParticipantRegistry} from "../registry/IParticipantRegistry.sol";
 import {IMeterLedger} from "./IMeterLedger.sol";
 
 /**
  * @title MeterLedger
- * @notice The metering half of the settlement contract: it accepts smart-meter readings signed
- * by the key registered for each meter, keeps every meter's cumulative registers and the
- * energy of its last slot, and hands each new reading to the billing half (`_billPending`).
+ * @notice The metering half of the settlement contract: the rules a smart-meter reading must
+ * follow, and each meter's cumulative registers. What a reading does to money is the
+ * settlement's (`Settlement`), which records readings through `_checkReading` and `_advance`.
  *
  * @dev Rules for a reading of slot S, sent after S ends and up to `readingWindow` later:
  * - it must be signed (EIP-712) by the meter key the registry holds for the account; whoever
@@ -33,14 +32,18 @@ import {IMeterLedger} from "./IMeterLedger.sol";
 abstract contract MeterLedger is IMeterLedger, EIP712 {
     bytes32 private constant READING_TYPEHASH =
         keccak256("Reading(address account,uint32 slot,uint64 importWh,uint64 exportWh)");
+    /// @dev Largest net energy of one reading (about 1 GWh), so that a deviation from schedules
+    /// (at most MAX_SCHEDULE_GAP slots of 2 * 2^24 Wh) still fits the account's 32 bits.
+    int256 private constant MAX_NET_WH = 2 ** 30;
 
-    /// @dev One storage slot per participant: 32+8+40+40+40+48+48 = 256 bits.
+    /// @dev One storage slot per participant: 32+8+8+40+40+32+48+48 = 256 bits.
     struct Account {
         uint32 lastSlot; // slot of the last reading; 0 = no reading yet
         bool billed; // whether lastSlot's energy has been billed
+        bool inDebt; // settlement: the account has debt, so what it earns repays it first
         uint40 importWh; // cumulative import register at the end of lastSlot
         uint40 exportWh; // cumulative export register at the end of lastSlot
-        int40 deviationWh; // settlement: metered net energy minus schedule, for lastSlot
+        int32 deviationWh; // settlement: metered net energy minus schedule, for lastSlot
         uint48 earned; // settlement: what the markets' scheduled sales earn, token base units
         uint48 deposit; // settlement: billing deposit, token base units
     }
@@ -68,19 +71,6 @@ abstract contract MeterLedger is IMeterLedger, EIP712 {
     }
 
     /// @inheritdoc IMeterLedger
-    function submitReading(Reading calldata reading, bytes32 r, bytes32 vs) external {
-        _record(reading, r, vs);
-    }
-
-    /// @inheritdoc IMeterLedger
-    function submitReadings(SignedReading[] calldata readings) external {
-        for (uint256 i = 0; i < readings.length; ++i) {
-            SignedReading calldata s = readings[i];
-            _record(s.reading, s.r, s.vs);
-        }
-    }
-
-    /// @inheritdoc IMeterLedger
     function currentSlot() public view returns (uint32) {
         return uint32(block.timestamp / slotSeconds);
     }
@@ -104,22 +94,15 @@ abstract contract MeterLedger is IMeterLedger, EIP712 {
     }
 
     /**
-     * @dev Bills `a`'s pending slot (`a.lastSlot`, not yet billed) into `a` in memory and
-     * returns the tokens to transfer to `account` once `a` is stored.
+     * @dev Checks reading `rd` (signature, timing, participant, registers) against `a`, the
+     * account as stored. Returns whether it repeats the stored reading (a no-op), and the energy
+     * it counts: imported and exported since the last reading (0 for a baseline).
      */
-    function _billPending(address account, Account memory a) internal virtual returns (uint256 payout);
-
-    /// @dev Counts a new reading's net energy, attributed to `slot`, into the slot's totals, against
-    /// the account's schedules since `lastSlot`; returns its deviation and its scheduled earnings.
-    function _countReading(address account, uint32 lastSlot, uint32 slot, int256 netWh)
+    function _checkReading(Reading calldata rd, bytes32 r, bytes32 vs, Account memory a)
         internal
-        virtual
-        returns (int256 deviationWh, uint256 earned);
-
-    /// @dev Pays `payout` to `account` and closes `slot` if every reading of it is billed.
-    function _afterBilling(address account, uint32 slot, uint256 payout) internal virtual;
-
-    function _record(Reading calldata rd, bytes32 r, bytes32 vs) private {
+        view
+        returns (bool repeat, uint256 importDelta, uint256 exportDelta)
+    {
         uint32 slot = rd.slot;
         uint256 endsAt = (uint256(slot) + 1) * slotSeconds;
         if (block.timestamp < endsAt) revert ReadingSlotNotEnded(slot, endsAt);
@@ -133,46 +116,51 @@ abstract contract MeterLedger is IMeterLedger, EIP712 {
         if (status != IParticipantRegistry.Status.Active) revert ReadingParticipantSuspended(rd.account);
         if (kind == IParticipantRegistry.Kind.SlackUnit) revert ReadingFromSlackUnit(rd.account);
 
-        Account memory a = _accounts[rd.account];
-        bool baseline = a.lastSlot == 0;
-        if (!baseline) {
+        uint64 importWh = rd.importWh;
+        uint64 exportWh = rd.exportWh;
+        if (a.lastSlot != 0) {
             if (slot == a.lastSlot) {
-                if (rd.importWh == a.importWh && rd.exportWh == a.exportWh) return; // same reading again
+                if (importWh == a.importWh && exportWh == a.exportWh) return (true, 0, 0); // same reading again
                 revert ReadingConflict(slot, a.importWh, a.exportWh);
             }
             if (slot < a.lastSlot) revert ReadingSlotBeforeLast(slot, a.lastSlot);
-            if (rd.importWh < a.importWh || rd.exportWh < a.exportWh) {
-                revert ReadingRegisterDecreased(slot, rd.importWh, rd.exportWh, a.importWh, a.exportWh);
+            if (importWh < a.importWh || exportWh < a.exportWh) {
+                revert ReadingRegisterDecreased(slot, importWh, exportWh, a.importWh, a.exportWh);
             }
+            importDelta = importWh - a.importWh;
+            exportDelta = exportWh - a.exportWh;
         }
-        if (rd.importWh > type(uint40).max || rd.exportWh > type(uint40).max) revert ReadingOutOfRange(slot);
-        uint256 importDelta = baseline ? 0 : rd.importWh - a.importWh;
-        uint256 exportDelta = baseline ? 0 : rd.exportWh - a.exportWh;
+        if (importWh > type(uint40).max || exportWh > type(uint40).max) revert ReadingOutOfRange(slot);
         if (importDelta > type(uint32).max || exportDelta > type(uint32).max) revert ReadingOutOfRange(slot);
         int256 netWh = int256(importDelta) - int256(exportDelta);
-        if (netWh > type(int32).max || netWh < type(int32).min) revert ReadingOutOfRange(slot);
+        if (netWh > MAX_NET_WH || netWh < -MAX_NET_WH) revert ReadingOutOfRange(slot);
+    }
 
-        // The previous slot is final by now (readingWindow < slotSeconds), so bill it on the way.
-        uint32 billedSlot = a.lastSlot;
-        uint256 payout;
-        bool billedNow = !baseline && !a.billed;
-        if (billedNow) payout = _billPending(rd.account, a);
-
-        a.lastSlot = slot;
-        a.billed = baseline; // a baseline has nothing to bill
-        a.importWh = uint40(rd.importWh);
-        a.exportWh = uint40(rd.exportWh);
-        if (baseline) {
-            a.deviationWh = 0;
-            a.earned = 0;
-        } else {
-            (int256 deviation, uint256 earned) = _countReading(rd.account, billedSlot, slot, netWh);
-            a.deviationWh = SafeCast.toInt40(deviation);
-            a.earned = SafeCast.toUint48(earned);
+    /// @dev `account`'s record in one storage read (a struct copy would read it field by field).
+    function _loadAccount(address account) internal view returns (Account memory a) {
+        Account storage stored = _accounts[account];
+        uint256 word;
+        assembly ("memory-safe") {
+            word := sload(stored.slot)
         }
-        _accounts[rd.account] = a;
-        emit ReadingRecorded(rd.account, slot, rd.importWh, rd.exportWh, uint32(importDelta), uint32(exportDelta));
+        a.lastSlot = uint32(word);
+        a.billed = uint8(word >> 32) != 0;
+        a.inDebt = uint8(word >> 40) != 0;
+        a.importWh = uint40(word >> 48);
+        a.exportWh = uint40(word >> 88);
+        a.deviationWh = int32(uint32(word >> 128));
+        a.earned = uint48(word >> 160);
+        a.deposit = uint48(word >> 208);
+    }
 
-        if (billedNow) _afterBilling(rd.account, billedSlot, payout);
+    /// @dev Stores `a` as `account`'s record in one write, in the layout of `Account`.
+    function _storeAccount(address account, Account memory a) internal {
+        uint256 word = uint256(a.lastSlot) | (a.billed ? 1 << 32 : 0) | (a.inDebt ? 1 << 40 : 0)
+            | (uint256(a.importWh) << 48) | (uint256(a.exportWh) << 88) | (uint256(uint32(a.deviationWh)) << 128)
+            | (uint256(a.earned) << 160) | (uint256(a.deposit) << 208);
+        Account storage stored = _accounts[account];
+        assembly ("memory-safe") {
+            sstore(stored.slot, word)
+        }
     }
 }

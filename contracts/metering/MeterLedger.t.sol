@@ -13,13 +13,13 @@ import {IMeterLedger} from "./IMeterLedger.sol";
 contract MeterLedgerFuzzTest is SettlementTestBase {
     uint64 internal constant MAX_REGISTER = type(uint40).max;
     uint64 internal constant MAX_DELTA = type(uint32).max;
-    /// @dev A slot's net energy (import - export) must fit int32.
-    uint256 internal constant MAX_NET = uint256(uint32(type(int32).max));
+    /// @dev A reading's net energy (import - export) must lie within +-2^30 Wh.
+    uint256 internal constant MAX_NET = 2 ** 30;
 
-    /// @dev `exportDelta` moved into the range where importDelta - exportDelta fits int32 (and 32 bits).
+    /// @dev `exportDelta` moved into the range where importDelta - exportDelta is within +-MAX_NET (and 32 bits).
     function _netInRange(uint256 importDelta, uint256 exportDelta) internal pure returns (uint256) {
         uint256 lo = importDelta > MAX_NET ? importDelta - MAX_NET : 0;
-        uint256 hi = importDelta + MAX_NET + 1;
+        uint256 hi = importDelta + MAX_NET;
         if (hi > MAX_DELTA) hi = MAX_DELTA;
         return _bound(exportDelta, lo, hi);
     }
@@ -151,7 +151,8 @@ contract MeterLedgerFuzzTest is SettlementTestBase {
         );
     }
 
-    /// Registers beyond 40 bits and slot energy beyond 32 bits are refused; anything within is fine.
+    /// Registers beyond 40 bits, slot energy beyond 32 bits and net energy beyond +-2^30 Wh are
+    /// refused; anything within is fine.
     function testFuzz_rangeLimits(uint64 importWh, uint64 exportWh, uint64 dImport, uint64 dExport) public {
         // Mostly registers near and within 40 bits; one in four left as fuzzed (mostly far beyond).
         if (importWh % 4 != 0) importWh = uint64(_bound(importWh, 0, MAX_REGISTER + 10));
@@ -174,7 +175,7 @@ contract MeterLedgerFuzzTest is SettlementTestBase {
         reason = _trySubmit(next, sigR, vs);
         int256 net = int256(uint256(dImport)) - int256(uint256(dExport));
         bool tooBig = importWh + dImport > MAX_REGISTER || exportWh + dExport > MAX_REGISTER || dImport > MAX_DELTA
-            || dExport > MAX_DELTA || net > type(int32).max || net < type(int32).min;
+            || dExport > MAX_DELTA || net > int256(MAX_NET) || net < -int256(MAX_NET);
         if (tooBig) {
             _requireError(reason, abi.encodeWithSelector(IMeterLedger.ReadingOutOfRange.selector, slot), "energy out of range accepted");
         } else {

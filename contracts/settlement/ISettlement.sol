@@ -55,6 +55,8 @@ interface ISettlement {
     error SettlementNoSlackUnit();
     /// @dev `slot` is closed: nothing can be paid into it any more.
     error SettlementSlotClosed(uint32 slot);
+    /// @dev A balancing market needs a day-ahead market: its activations join the day-ahead schedules.
+    error SettlementNoScheduleSource();
 
     /// @notice `account` (funded by `from`) deposited `amount` into escrow.
     event Deposited(address indexed account, address indexed from, uint256 amount);

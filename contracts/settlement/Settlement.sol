@@ -8,6 +8,7 @@ import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {Math} from "@openzeppelin/contracts/utils/math/Math.sol";
 import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
+import {IMeterLedger} from "../metering/IMeterLedger.sol";
 import {MeterLedger} from "../metering/MeterLedger.sol";
 import {IParticipantRegistry} from "../registry/IParticipantRegistry.sol";
 import {ISettlement} from "./ISettlement.sol";
@@ -36,8 +37,10 @@ import {IBalancingSource, IScheduleSink, IScheduleSource} from "./IScheduleSink.
  * locally at p and the rest to the slack unit at `feedInPrice`. Buyers' bills round up and
  * sellers' revenues round down (token base units, prices per kWh, energy in Wh).
  *
- * Money: buyers pay from their deposit into the slot's pool; sellers are paid from the pool by
- * an ERC-20 transfer. When every reading of S is billed the slot closes and the slack unit,
+ * Money: buyers pay from their deposit into the slot's pool; sellers are paid from the pool into
+ * their deposit, which they withdraw to their wallet whenever they like (`withdraw`): pull rather
+ * than push payments, so that a batch of a thousand readings makes no token call per seller
+ * and no recipient can make it fail. A seller in debt repays the debt first. When every reading of S is billed the slot closes and the slack unit,
  * the supplier and buyer of last resort, takes the pool's residual: what buyers paid for
  * slack energy, minus what it owes sellers for their surplus, plus rounding dust. A negative
  * residual comes out of the slack unit's deposit; a positive one first pays off the slack
@@ -91,6 +94,29 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
         uint40 downWh; // intra-day: downward flexibility activated (the system sold it)
         uint48 upPrice;
         uint48 downPrice;
+    }
+
+    /// @dev One slot's totals, copied to memory for a batch.
+    struct CachedSlot {
+        bool used;
+        uint32 slot;
+        SlotState s;
+    }
+
+    /**
+     * @dev What one transaction's readings (or settle, or withdrawal) change in shared state,
+     * kept in memory and stored once at its end: the totals of up to two slots (the one read and
+     * the one billed), and the changes of the contract's sums.
+     */
+    struct Batch {
+        CachedSlot first;
+        CachedSlot second;
+        bool firstIsNewer;
+        int256 poolChange; // of openPool
+        int256 depositChange; // of totalDeposits
+        uint256 slackPayout; // residuals owed to the slack unit, transferred last
+        IScheduleSource dayAhead;
+        IBalancingSource intraday;
     }
 
     /// @notice The energy token.
@@ -165,18 +191,37 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
     /// @inheritdoc ISettlement
     function withdraw(uint256 amount) external {
         if (amount == 0) revert SettlementZeroAmount();
-        Account memory a = _accounts[msg.sender];
-        uint32 pendingSlot = a.lastSlot;
-        bool billedNow = _hasPendingBill(a) && block.timestamp > readingDeadline(pendingSlot);
-        uint256 payout = billedNow ? _billPending(msg.sender, a) : 0;
+        Batch memory b = _openBatch();
+        Account memory a = _loadAccount(msg.sender);
+        // A final slot not billed yet is billed first, so the deposit is exact.
+        if (_hasPendingBill(a) && block.timestamp > readingDeadline(a.lastSlot)) _bill(b, msg.sender, a);
         uint256 free = _free(a);
         if (amount > free) revert SettlementWithdrawExceedsFree(amount, free);
         a.deposit -= uint48(amount);
-        totalDeposits -= amount;
-        _accounts[msg.sender] = a;
+        b.depositChange -= int256(amount);
+        _storeAccount(msg.sender, a);
         emit Withdrawn(msg.sender, amount);
-        if (billedNow) _afterBilling(msg.sender, pendingSlot, payout);
+        _closeBatch(b);
         token.safeTransfer(msg.sender, amount);
+    }
+
+    // ---------------------------------------------------------------- readings
+
+    /// @inheritdoc IMeterLedger
+    function submitReading(Reading calldata reading, bytes32 r, bytes32 vs) external {
+        Batch memory b = _openBatch();
+        _record(b, reading, r, vs);
+        _closeBatch(b);
+    }
+
+    /// @inheritdoc IMeterLedger
+    function submitReadings(SignedReading[] calldata readings) external {
+        Batch memory b = _openBatch();
+        for (uint256 i = 0; i < readings.length; ++i) {
+            SignedReading calldata s = readings[i];
+            _record(b, s.reading, s.r, s.vs);
+        }
+        _closeBatch(b);
     }
 
     // ---------------------------------------------------------------- settlement
@@ -185,15 +230,16 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
     function settle(uint32 slot, address[] calldata accounts) external {
         uint256 deadline = readingDeadline(slot);
         if (block.timestamp <= deadline) revert SettlementSlotNotFinal(slot, deadline);
+        Batch memory b = _openBatch();
+        _cached(b, slot); // closes at the end if complete, even with nobody left to bill
         for (uint256 i = 0; i < accounts.length; ++i) {
             address account = accounts[i];
-            Account memory a = _accounts[account];
+            Account memory a = _loadAccount(account);
             if (a.lastSlot != slot || !_hasPendingBill(a)) continue; // not in this slot, or billed already
-            uint256 payout = _billPending(account, a);
-            _accounts[account] = a;
-            if (payout > 0) token.safeTransfer(account, payout);
+            _bill(b, account, a);
+            _storeAccount(account, a);
         }
-        _closeIfComplete(slot);
+        _closeBatch(b);
     }
 
     /// @inheritdoc ISettlement
@@ -210,7 +256,8 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
 
     /**
      * @notice Sets the markets whose schedules settlement uses, and lets them pay into slots'
-     * pools. Only the admin. Either may be zero (no such market).
+     * pools. Only the admin. Either may be zero (no such market), but a balancing market needs a
+     * day-ahead market, whose schedules its activations join.
      * @dev Set before the markets' first slot is read: a reading takes the schedules in force
      * when it arrives.
      */
@@ -219,6 +266,8 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
     }
 
     function _setMarkets(IScheduleSource dayAhead, IBalancingSource intraday) private {
+        // Activations join the day-ahead market's schedules: no balancing market without one.
+        if (address(intraday) != address(0) && address(dayAhead) == address(0)) revert SettlementNoScheduleSource();
         if (address(dayAheadMarket) != address(0)) _revokeRole(MARKET_ROLE, address(dayAheadMarket));
         if (address(intradayMarket) != address(0)) _revokeRole(MARKET_ROLE, address(intradayMarket));
         dayAheadMarket = dayAhead;
@@ -303,31 +352,37 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
         return a.deposit > reserve ? a.deposit - reserve : 0;
     }
 
-    /// @inheritdoc MeterLedger
-    function _countReading(address account, uint32 lastSlot, uint32 slot, int256 netWh)
-        internal
-        override
-        returns (int256 deviationWh, uint256 earned)
-    {
-        SlotState storage s = _slots[slot];
-        IScheduleSource dayAhead = dayAheadMarket;
-        IBalancingSource intraday = intradayMarket;
-        int256 scheduled;
-        // A reading after missed ones carries their energy too, so it is netted against their
-        // schedules as well (up to MAX_SCHEDULE_GAP slots back): nothing scheduled is billed twice.
-        uint256 gap = Math.min(slot - lastSlot, MAX_SCHEDULE_GAP);
-        for (uint32 k = slot + 1 - uint32(gap); k <= slot; ++k) {
-            if (address(dayAhead) != address(0)) {
-                (int256 q, uint256 price) = dayAhead.scheduleOf(k, account);
-                scheduled += q;
-                if (q < 0) earned += uint256(-q) * price / 1000;
-            }
-            if (address(intraday) != address(0)) {
-                (int256 q, uint256 price) = intraday.activationOf(k, account);
-                scheduled += q;
-                if (q < 0) earned += uint256(-q) * price / 1000;
-            }
+    /// @dev Records one reading: bills the account's previous slot on the way (it is final by
+    /// now, since readingWindow < slotSeconds), then counts the new one against its schedules.
+    function _record(Batch memory b, Reading calldata rd, bytes32 r, bytes32 vs) private {
+        address account = rd.account;
+        Account memory a = _loadAccount(account);
+        (bool repeat, uint256 importDelta, uint256 exportDelta) = _checkReading(rd, r, vs, a);
+        if (repeat) return;
+        uint32 lastSlot = a.lastSlot;
+        bool baseline = lastSlot == 0;
+        if (!baseline && !a.billed) _bill(b, account, a);
+        a.lastSlot = rd.slot;
+        a.importWh = uint40(rd.importWh);
+        a.exportWh = uint40(rd.exportWh);
+        a.billed = baseline; // a baseline has nothing to bill
+        if (baseline) {
+            a.deviationWh = 0;
+            a.earned = 0;
+        } else {
+            _count(b, account, a, lastSlot, int256(importDelta) - int256(exportDelta));
         }
+        _storeAccount(account, a);
+        emit ReadingRecorded(account, rd.slot, rd.importWh, rd.exportWh, uint32(importDelta), uint32(exportDelta));
+    }
+
+    /// @dev Counts `a`'s new reading of net energy `netWh` into its slot's totals, against its
+    /// schedules since `lastSlot`: sets its deviation and its scheduled earnings.
+    function _count(Batch memory b, address account, Account memory a, uint32 lastSlot, int256 netWh) private {
+        uint32 slot = a.lastSlot;
+        SlotState memory s = _cached(b, slot);
+        IScheduleSource dayAhead = b.dayAhead;
+        IBalancingSource intraday = b.intraday;
         if (address(intraday) != address(0) && !s.balancingRead) {
             (uint256 upWh, uint256 downWh, uint256 upPrice, uint256 downPrice) = intraday.slotResult(slot);
             s.balancingRead = true;
@@ -336,16 +391,40 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
             s.upPrice = uint48(upPrice);
             s.downPrice = uint48(downPrice);
         }
-        deviationWh = netWh - scheduled;
-        if (deviationWh > 0) s.demandWh += SafeCast.toUint40(uint256(deviationWh));
-        else if (deviationWh < 0) s.supplyWh += SafeCast.toUint40(uint256(-deviationWh));
+        int256 scheduled;
+        uint256 earned;
+        if (address(dayAhead) != address(0)) {
+            // A reading after missed ones carries their energy too, so it is netted against their
+            // schedules as well (up to MAX_SCHEDULE_GAP slots back): nothing scheduled is billed twice.
+            uint256 gap = Math.min(slot - lastSlot, MAX_SCHEDULE_GAP);
+            for (uint32 k = slot + 1 - uint32(gap); k <= slot; ++k) {
+                (int256 q, uint256 price, int256 activated) = dayAhead.scheduleOf(k, account);
+                scheduled += q + activated;
+                if (q < 0) earned += uint256(-q) * price / 1000;
+                // Upward activations sell at the slot's upward balancing price.
+                if (activated < 0) earned += uint256(-activated) * _upPrice(intraday, k, slot, s) / 1000;
+            }
+        }
+        int256 deviationWh = netWh - scheduled;
+        if (deviationWh > 0) s.demandWh += uint40(uint256(deviationWh));
+        else if (deviationWh < 0) s.supplyWh += uint40(uint256(-deviationWh));
         s.readings += 1;
+        a.deviationWh = SafeCast.toInt32(deviationWh);
+        a.earned = SafeCast.toUint48(earned);
     }
 
-    /// @inheritdoc MeterLedger
-    function _billPending(address account, Account memory a) internal override returns (uint256 payout) {
+    /// @dev The upward balancing price of slot `k`: cached for the slot being read, asked otherwise.
+    function _upPrice(IBalancingSource intraday, uint32 k, uint32 slot, SlotState memory s) private view returns (uint256) {
+        if (k == slot) return s.upPrice;
+        if (address(intraday) == address(0)) return 0;
+        (,, uint256 upPrice,) = intraday.slotResult(k);
+        return upPrice;
+    }
+
+    /// @dev Bills `a`'s pending slot (`a.lastSlot`, not yet billed) into `a`, in memory.
+    function _bill(Batch memory b, address account, Account memory a) private {
         uint32 slot = a.lastSlot;
-        SlotState storage s = _slots[slot];
+        SlotState memory s = _cached(b, slot);
         if (!s.priced) _price(slot, s);
         int256 deviation = a.deviationWh;
         // What the pool owes the account: its scheduled sales (buyers paid for them when the
@@ -368,15 +447,16 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
             uint256 paid = Math.min(cost, a.deposit + earned);
             netted = Math.min(paid, earned);
             a.deposit -= uint48(paid - netted);
-            totalDeposits -= paid - netted;
+            b.depositChange -= int256(paid - netted);
             s.localWh += uint40(localWh);
             s.pool += int112(int256(paid));
-            openPool += int256(paid);
+            b.poolChange += int256(paid);
             amount = int256(cost);
             shortfall = cost - paid;
             if (shortfall > 0) {
                 uint256 debt = _debt[account] + shortfall;
                 _debt[account] = debt;
+                a.inDebt = true;
                 emit ParticipantInDebt(account, slot, shortfall, debt);
             }
         } else if (deviation < 0) {
@@ -390,22 +470,84 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
         }
         if (earned > 0) {
             s.pool -= int112(int256(earned));
-            openPool -= int256(earned);
+            b.poolChange -= int256(earned);
         }
-        payout = earned - netted;
         s.billed += 1;
         a.billed = true;
         emit Billed(account, slot, deviation, a.earned, amount, shortfall);
+        uint256 payout = earned - netted;
+        if (payout > 0) _payOut(b, account, a, payout);
     }
 
-    /// @inheritdoc MeterLedger
-    function _afterBilling(address account, uint32 slot, uint256 payout) internal override {
-        if (payout > 0) token.safeTransfer(account, payout);
-        _closeIfComplete(slot);
+    /// @dev Pays `amount` from a pool into `a`'s deposit: its debt first, if it has any.
+    function _payOut(Batch memory b, address account, Account memory a, uint256 amount) private {
+        if (a.inDebt) {
+            uint256 debt = _debt[account];
+            uint256 repaid = Math.min(debt, amount);
+            _debt[account] = debt - repaid;
+            a.inDebt = debt > repaid;
+            amount -= repaid;
+            emit DebtRepaid(account, repaid, debt - repaid);
+            _credit(_slackUnit(), repaid); // the slack unit had covered it
+        }
+        uint256 room = type(uint48).max - a.deposit;
+        if (amount > room) {
+            // A deposit beyond 48 bits (about 281 million tokens) cannot be stored: the excess goes
+            // to the wallet rather than failing everyone's batch. The token is the market's own.
+            token.safeTransfer(account, amount - room);
+            amount = room;
+        }
+        a.deposit += uint48(amount);
+        b.depositChange += int256(amount);
+    }
+
+    /// @dev A batch with the markets read once and nothing cached yet.
+    function _openBatch() private view returns (Batch memory b) {
+        b.dayAhead = dayAheadMarket;
+        b.intraday = intradayMarket;
+    }
+
+    /**
+     * @dev `slot`'s totals in `b`, loaded from storage if not cached. Of two cached slots the
+     * one used less recently is stored (and closed if complete) to make room.
+     */
+    function _cached(Batch memory b, uint32 slot) private returns (SlotState memory) {
+        if (b.first.used && b.first.slot == slot) {
+            b.firstIsNewer = true;
+            return b.first.s;
+        }
+        if (b.second.used && b.second.slot == slot) {
+            b.firstIsNewer = false;
+            return b.second.s;
+        }
+        bool intoFirst = !b.firstIsNewer;
+        CachedSlot memory c = intoFirst ? b.first : b.second;
+        if (c.used) _store(b, c);
+        c.used = true;
+        c.slot = slot;
+        c.s = _slots[slot];
+        b.firstIsNewer = intoFirst;
+        return c.s;
+    }
+
+    /// @dev Stores the cached slots and the sums, then pays the slack unit what it is owed.
+    function _closeBatch(Batch memory b) private {
+        if (b.first.used) _store(b, b.first);
+        if (b.second.used) _store(b, b.second);
+        openPool += b.poolChange;
+        totalDeposits = uint256(int256(totalDeposits) + b.depositChange);
+        if (b.slackPayout > 0) token.safeTransfer(_slackUnit(), b.slackPayout);
+    }
+
+    /// @dev Closes a cached slot if every reading of it is billed, and stores it.
+    function _store(Batch memory b, CachedSlot memory c) private {
+        SlotState memory s = c.s;
+        if (!s.closed && s.billed >= s.readings && !(s.readings == 0 && s.pool == 0)) _close(b, c.slot, s);
+        _slots[c.slot] = s;
     }
 
     /// @dev Fixes a slot's prices from its final totals, at its first billing.
-    function _price(uint32 slot, SlotState storage s) private {
+    function _price(uint32 slot, SlotState memory s) private {
         uint256 demand = uint256(s.demandWh) + s.downWh;
         uint256 supply = uint256(s.supplyWh) + s.upWh;
         uint256 feedIn = feedInPrice;
@@ -420,12 +562,9 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
         emit SlotPriced(slot, price, demand, supply);
     }
 
-    /// @dev Once every reading of `slot` is billed, settles the pool's residual with the slack unit.
-    function _closeIfComplete(uint32 slot) private {
-        SlotState storage s = _slots[slot];
-        if (s.closed || s.billed < s.readings || (s.readings == 0 && s.pool == 0)) return;
-        address slack = registry.slackUnit();
-        if (slack == address(0)) revert SettlementNoSlackUnit();
+    /// @dev Settles a complete slot's pool residual with the slack unit.
+    function _close(Batch memory b, uint32 slot, SlotState memory s) private {
+        address slack = _slackUnit();
         int256 residual = s.pool;
         // The system's own flexibility trades take their pro-rata local share too.
         uint256 demand = uint256(s.demandWh) + s.downWh;
@@ -433,7 +572,7 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
         uint256 localWh = s.localWh + (demand == 0 ? 0 : uint256(s.downWh) * Math.min(demand, supply) / demand);
         s.closed = true;
         s.pool = 0;
-        openPool -= residual;
+        b.poolChange -= residual;
         emit SlotClosed(slot, localWh, demand - localWh, supply - localWh, residual);
         if (residual > 0) {
             // The slack unit's uncovered debt is a hole in escrow: fill it first.
@@ -445,21 +584,27 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
                 badDebt -= repaid;
                 emit DebtRepaid(slack, repaid, debt - repaid);
             }
-            if (amount > repaid) token.safeTransfer(slack, amount - repaid);
+            b.slackPayout += amount - repaid;
         } else if (residual < 0) {
             uint256 owed = uint256(-residual);
             Account storage sa = _accounts[slack];
             uint256 paid = Math.min(owed, sa.deposit);
             sa.deposit -= uint48(paid);
-            totalDeposits -= paid;
+            b.depositChange -= int256(paid);
             if (paid < owed) {
                 uint256 shortfall = owed - paid;
                 badDebt += shortfall;
                 uint256 debt = _debt[slack] + shortfall;
                 _debt[slack] = debt;
+                sa.inDebt = true;
                 emit ParticipantInDebt(slack, slot, shortfall, debt);
             }
         }
+    }
+
+    function _slackUnit() private view returns (address slack) {
+        slack = registry.slackUnit();
+        if (slack == address(0)) revert SettlementNoSlackUnit();
     }
 
     // ---------------------------------------------------------------- internals
@@ -483,10 +628,10 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
             _debt[account] = debt - repaid;
             amount -= repaid;
             emit DebtRepaid(account, repaid, debt - repaid);
-            address slack = registry.slackUnit();
-            if (slack == address(0)) revert SettlementNoSlackUnit();
+            address slack = _slackUnit();
             if (account == slack) badDebt -= repaid;
             else _credit(slack, repaid);
+            if (repaid == debt) _accounts[account].inDebt = false;
         }
         if (amount == 0) return;
         Account storage a = _accounts[account];

@@ -44,6 +44,7 @@ contract SettlementFuzzTest is SettlementTestBase {
         uint256 orderSeed
     ) public {
         vm.recordLogs();
+        _seeDeposits();
         _fund(reserve, RESERVE);
         for (uint256 i = 0; i < N; ++i) _fund(accounts[i], deposits[i] % (30 * ONE));
         _fund(slack, slackDeposit % (300 * ONE));
@@ -136,6 +137,7 @@ contract SettlementFuzzTest is SettlementTestBase {
         uint256 orderSeed
     ) public {
         vm.recordLogs();
+        _seeDeposits();
         _useScheduleSource();
         // Escrow liquidity for sellers paid before their slot's money is in (a sale covered late is
         // paid from a later slot's pool): a full deposit, as wide prices make large sales.
@@ -272,6 +274,7 @@ contract SettlementFuzzTest is SettlementTestBase {
         _fund(slack, 1_000 * ONE);
         _fund(reserve, RESERVE);
         vm.recordLogs();
+        _seeDeposits();
         vm.warp(_opens(firstSlot) + 1);
         imp[0] = 1_000;
         exp[0] = 500;
@@ -482,6 +485,7 @@ contract SettlementHandler is SettlementTestBase {
         int256[N] memory q = _balancedAwards(sellerMask, sizes, 4);
         _at();
         vm.recordLogs();
+        _seeDeposits();
         _schedule(slot, q, _bound(price, FEED_IN / 2, 2 * RETAIL));
         _consume(vm.getRecordedLogs());
         scheduledSlots += 1;
@@ -495,6 +499,7 @@ contract SettlementHandler is SettlementTestBase {
         if (!windowOpen || lastRead[i] == slot) return;
         _at();
         vm.recordLogs();
+        _seeDeposits();
         _submit(i, slot, imp[i], exp[i]);
         readsIn[slot] += 1;
         if (lastRead[i] != 0) {
@@ -523,6 +528,7 @@ contract SettlementHandler is SettlementTestBase {
         list[N] = slack;
         _at();
         vm.recordLogs();
+        _seeDeposits();
         settlement.settle(target, list);
         _consume(vm.getRecordedLogs());
     }
@@ -532,6 +538,7 @@ contract SettlementHandler is SettlementTestBase {
         address to = who % (N + 1) == N ? slack : accounts[who % (N + 1)];
         _at();
         vm.recordLogs();
+        _seeDeposits();
         _fund(to, _bound(amount, 1, 50 * ONE));
         _consume(vm.getRecordedLogs());
     }
@@ -543,6 +550,7 @@ contract SettlementHandler is SettlementTestBase {
         if (free == 0) return;
         _at();
         vm.recordLogs();
+        _seeDeposits();
         vm.prank(from);
         try settlement.withdraw(_bound(amount, 1, free)) {} catch {}
         _consume(vm.getRecordedLogs());

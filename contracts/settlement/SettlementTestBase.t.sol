@@ -19,6 +19,8 @@ bytes32 constant SLOT_CLOSED_TOPIC = keccak256("SlotClosed(uint32,uint256,uint25
 bytes32 constant SCHEDULE_PAID_TOPIC = keccak256("SchedulePaid(uint32,address,uint256)");
 bytes32 constant WITHDRAWN_TOPIC = keccak256("Withdrawn(address,uint256)");
 bytes32 constant TRANSFER_TOPIC = keccak256("Transfer(address,address,uint256)");
+bytes32 constant DEPOSITED_TOPIC = keccak256("Deposited(address,address,uint256)");
+bytes32 constant DEBT_REPAID_TOPIC = keccak256("DebtRepaid(address,uint256,uint256)");
 
 /// @dev The cheatcodes the tests use (Foundry-compatible, served by Hardhat's EDR).
 interface SettlementCheats {
@@ -90,6 +92,8 @@ abstract contract SettlementTestBase {
     mapping(uint32 slot => uint256) public schedulePaid;
     mapping(uint32 slot => mapping(address account => uint256)) public billsOf;
     mapping(address account => int256) internal billedWh;
+    /// @dev Each participant's deposit when `_consume` (or `_seeDeposits`) last looked.
+    uint256[N] internal seenDeposit;
     /// @dev The first broken rule `_consume` saw, empty if none.
     string public violation;
     uint256 public slotsClosed;
@@ -238,44 +242,44 @@ abstract contract SettlementTestBase {
     /**
      * @dev Checks the logs of one call against the test's meters and schedules (records the first
      * broken rule in `violation`): every bill is of a counted reading, carries the deviation and the
-     * scheduled earnings (floor(|q| * P / 1000) per covered sale) the meters and awards give, is the
-     * only one of its account and slot, and what settlement transferred to the account in the call
-     * (less its withdrawal) is those earnings plus its deviation revenue, less what its upward
-     * deviation took from them. Every closed
+     * scheduled earnings (floor(|q| * P / 1000) per covered sale) the meters and awards give, and is
+     * the only one of its account and slot. Each participant's deposit moved by exactly what the
+     * call's events say: its deposits, less its withdrawals and the debt it repaid, plus for each
+     * bill its earnings less what its deviation cost (what it could not pay stays as debt); and
+     * settlement sent it tokens only when it withdrew (earnings are paid into deposits). Every closed
      * slot conserves energy on deviations (D + absorbed == U + supplied, from the meters and the
      * schedules) and tokens (schedule payments + bills net of shortfalls - scheduled revenue == the
      * slack unit's residual), and had all its readings billed.
      */
     function _consume(SettlementCheats.Log[] memory logs) internal {
-        address[] memory to = new address[](logs.length);
-        int256[] memory received = new int256[](logs.length);
-        uint256 n;
+        int256[N] memory change; // of each participant's deposit, by the events
+        uint256[N] memory sent; // token transfers from settlement to each participant
+        uint256[N] memory withdrawn;
         for (uint256 j = 0; j < logs.length; ++j) {
             SettlementCheats.Log memory log = logs[j];
-            if (log.topics.length == 0) continue;
-            address who;
-            int256 value;
+            if (log.topics.length < 2) continue;
+            uint256 i = _indexOf(address(uint160(uint256(log.topics[1]))));
             if (log.emitter == address(token) && log.topics[0] == TRANSFER_TOPIC) {
-                if (address(uint160(uint256(log.topics[1]))) != address(settlement)) continue;
-                who = address(uint160(uint256(log.topics[2])));
-                value = int256(abi.decode(log.data, (uint256)));
-            } else if (log.emitter == address(settlement) && log.topics[0] == WITHDRAWN_TOPIC) {
-                who = address(uint160(uint256(log.topics[1])));
-                value = -int256(abi.decode(log.data, (uint256)));
-            } else {
+                uint256 k = _indexOf(address(uint160(uint256(log.topics[2]))));
+                if (i == N && address(uint160(uint256(log.topics[1]))) == address(settlement) && k < N) {
+                    sent[k] += abi.decode(log.data, (uint256));
+                }
                 continue;
             }
-            uint256 k = 0;
-            while (k < n && to[k] != who) ++k;
-            if (k == n) to[n++] = who;
-            received[k] += value;
-        }
-        for (uint256 j = 0; j < logs.length; ++j) {
-            SettlementCheats.Log memory log = logs[j];
-            if (log.emitter != address(settlement) || log.topics.length == 0) continue;
-            if (log.topics[0] == BILLED_TOPIC) {
-                _consumeBill(log, to, received, n);
-            } else if (log.topics[0] == SLOT_CLOSED_TOPIC) {
+            if (log.emitter != address(settlement)) continue;
+            bytes32 topic = log.topics[0];
+            if (topic == BILLED_TOPIC) {
+                _consumeBill(log, change);
+            } else if (topic == DEPOSITED_TOPIC && i < N) {
+                change[i] += int256(abi.decode(log.data, (uint256)));
+            } else if (topic == WITHDRAWN_TOPIC && i < N) {
+                uint256 amount = abi.decode(log.data, (uint256));
+                change[i] -= int256(amount);
+                withdrawn[i] += amount;
+            } else if (topic == DEBT_REPAID_TOPIC && i < N) {
+                (uint256 repaid,) = abi.decode(log.data, (uint256, uint256));
+                change[i] -= int256(repaid);
+            } else if (topic == SLOT_CLOSED_TOPIC) {
                 uint32 slot = uint32(uint256(log.topics[1]));
                 (uint256 localWh, uint256 supplied, uint256 absorbed, int256 slackAmount) =
                     abi.decode(log.data, (uint256, uint256, uint256, int256));
@@ -287,13 +291,26 @@ abstract contract SettlementTestBase {
                 }
                 if (billedCount[slot] != meterReadings[slot]) _violate("slot closed before all readings were billed");
                 if (meterReadings[slot] == 0 && schedulePaid[slot] == 0) _violate("a slot without readings or payments closed");
-            } else if (log.topics[0] == SCHEDULE_PAID_TOPIC) {
+            } else if (topic == SCHEDULE_PAID_TOPIC) {
                 schedulePaid[uint32(uint256(log.topics[1]))] += abi.decode(log.data, (uint256));
             }
         }
+        for (uint256 i = 0; i < N; ++i) {
+            if (sent[i] != withdrawn[i]) _violate("settlement sent a participant tokens it did not withdraw");
+            uint256 deposit = settlement.accountState(accounts[i]).deposit;
+            if (int256(deposit) - int256(seenDeposit[i]) != change[i]) {
+                _violate("deposit change != deposits - withdrawals - debt repaid + earnings - deviation paid");
+            }
+            seenDeposit[i] = deposit;
+        }
     }
 
-    function _consumeBill(SettlementCheats.Log memory log, address[] memory to, int256[] memory received, uint256 n) private {
+    /// @dev Takes the participants' deposits as they are now (call after vm.recordLogs()).
+    function _seeDeposits() internal {
+        for (uint256 i = 0; i < N; ++i) seenDeposit[i] = settlement.accountState(accounts[i]).deposit;
+    }
+
+    function _consumeBill(SettlementCheats.Log memory log, int256[N] memory change) private {
         address account = address(uint160(uint256(log.topics[1])));
         uint32 slot = uint32(uint256(log.topics[2]));
         (int256 deviationWh, uint256 earned, int256 amount, uint256 shortfall) =
@@ -307,16 +324,10 @@ abstract contract SettlementTestBase {
         billsOf[slot][account] += 1;
         if (deviationWh != expectedDeviation[slot][i]) _violate("the bill's deviation is not the meters' less the covered awards");
         if (earned != expectedEarned[slot][i]) _violate("the bill's scheduled earnings are not the covered sales'");
-        int256 expected;
-        if (amount > 0) {
-            uint256 paid = uint256(amount) - shortfall;
-            expected = int256(earned - (paid < earned ? paid : earned));
-        } else {
-            expected = int256(earned) - amount;
-        }
-        int256 got;
-        for (uint256 k = 0; k < n; ++k) if (to[k] == account) got = received[k];
-        if (got != expected) _violate("payout != scheduled earnings + deviation revenue - what the deviation took");
+        if (shortfall > 0 && amount <= 0) _violate("a shortfall on a bill that asked for nothing");
+        // Earnings and revenue go into the deposit; the deviation's cost comes out of it (and out of
+        // the earnings first), except what could not be paid.
+        change[i] += int256(earned) - amount + int256(shortfall);
         if (earned > 0) scheduledSellerBills += 1;
         paidSales[i] += earned;
         billedNetTokens[slot] += amount - int256(shortfall);

@@ -3,7 +3,7 @@ pragma solidity ^0.8.28;
 
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
-import {IBalancingSource, IScheduleSink} from "../settlement/IScheduleSink.sol";
+import {IBalancingSource, IScheduleSink, IScheduleSource} from "../settlement/IScheduleSink.sol";
 
 /**
  * @title TestBalancingSource
@@ -12,15 +12,11 @@ import {IBalancingSource, IScheduleSink} from "../settlement/IScheduleSink.sol";
  * activations it likes for any slot, in either direction or both at once, and pays the
  * downward activations' cost into settlement as the market does at clearing. Nothing is checked
  * and anyone may call anything, so that tests can also feed settlement results a correct market
- * never would (both directions in one slot, prices outside the market's bounds).
+ * never would (both directions in one slot, prices outside the market's bounds). Activations
+ * join the schedules of `schedule` (a TestScheduleSource), as a real one's join the day-ahead market's.
  */
 contract TestBalancingSource is IBalancingSource {
     using SafeERC20 for IERC20;
-
-    struct Activation {
-        int256 wh;
-        uint256 price;
-    }
 
     struct Result {
         uint256 upWh;
@@ -33,8 +29,9 @@ contract TestBalancingSource is IBalancingSource {
     IERC20 public immutable token;
     /// @notice The settlement it pays into.
     IScheduleSink public immutable sink;
+    /// @notice Where its activations join the schedules.
+    IScheduleSource public immutable schedule;
 
-    mapping(uint32 slot => mapping(address account => Activation)) private _activations;
     mapping(uint32 slot => Result) private _results;
 
     /// @notice A test set the activations of `slot`: `upWh` up at `upPrice`, `downWh` down at `downPrice`.
@@ -43,9 +40,10 @@ contract TestBalancingSource is IBalancingSource {
     /// @dev Lists of different lengths.
     error TestBalancingSourceLengthMismatch();
 
-    constructor(IERC20 token_, IScheduleSink sink_) {
+    constructor(IERC20 token_, IScheduleSink sink_, IScheduleSource schedule_) {
         token = token_;
         sink = sink_;
+        schedule = schedule_;
     }
 
     /**
@@ -60,13 +58,13 @@ contract TestBalancingSource is IBalancingSource {
         Result memory r = Result(0, 0, upPrice, downPrice);
         for (uint256 i = 0; i < accounts.length; ++i) {
             int256 q = wh[i];
-            _activations[slot][accounts[i]] = Activation(q, q < 0 ? upPrice : downPrice);
             if (q < 0) r.upWh += uint256(-q);
             else r.downWh += uint256(q);
         }
         if (r.upWh == 0) r.upPrice = 0;
         if (r.downWh == 0) r.downPrice = 0;
         _results[slot] = r;
+        schedule.recordActivations(slot, accounts, wh);
         emit ActivationsSet(slot, r.upWh, r.downWh, r.upPrice, r.downPrice);
     }
 
@@ -75,12 +73,6 @@ contract TestBalancingSource is IBalancingSource {
     function pay(uint32 slot, uint256 amount) external {
         token.safeTransfer(address(sink), amount);
         sink.recordSchedulePayment(slot, amount);
-    }
-
-    /// @inheritdoc IBalancingSource
-    function activationOf(uint32 slot, address account) external view returns (int256 activatedWh, uint256 price) {
-        Activation storage a = _activations[slot][account];
-        return (a.wh, a.price);
     }
 
     /// @inheritdoc IBalancingSource

@@ -19,6 +19,7 @@ contract TestScheduleSource is IScheduleSource {
     struct Entry {
         int256 netWh;
         uint256 price;
+        int256 activatedWh;
     }
 
     /// @notice The energy token it pays with.
@@ -41,7 +42,8 @@ contract TestScheduleSource is IScheduleSource {
 
     /// @notice Sets `account`'s scheduled net energy in `slot` (+ bought, - sold) and its price.
     function setSchedule(uint32 slot, address account, int256 netWh, uint256 price) external {
-        _schedules[slot][account] = Entry(netWh, price);
+        Entry storage e = _schedules[slot][account];
+        (e.netWh, e.price) = (netWh, price);
         emit ScheduleSet(slot, account, netWh, price);
     }
 
@@ -49,7 +51,8 @@ contract TestScheduleSource is IScheduleSource {
     function setSchedules(uint32 slot, address[] calldata accounts, int256[] calldata netWh, uint256 price) external {
         if (accounts.length != netWh.length) revert TestScheduleSourceLengthMismatch();
         for (uint256 i = 0; i < accounts.length; ++i) {
-            _schedules[slot][accounts[i]] = Entry(netWh[i], price);
+            Entry storage e = _schedules[slot][accounts[i]];
+            (e.netWh, e.price) = (netWh[i], price);
             emit ScheduleSet(slot, accounts[i], netWh[i], price);
         }
     }
@@ -62,8 +65,18 @@ contract TestScheduleSource is IScheduleSource {
     }
 
     /// @inheritdoc IScheduleSource
-    function scheduleOf(uint32 slot, address account) external view returns (int256 netWh, uint256 price) {
+    function recordActivations(uint32 slot, address[] calldata accounts, int256[] calldata activatedWh) external {
+        if (accounts.length != activatedWh.length) revert TestScheduleSourceLengthMismatch();
+        for (uint256 i = 0; i < accounts.length; ++i) _schedules[slot][accounts[i]].activatedWh += activatedWh[i];
+    }
+
+    /// @inheritdoc IScheduleSource
+    function scheduleOf(uint32 slot, address account)
+        external
+        view
+        returns (int256 dayAheadWh, uint256 price, int256 activatedWh)
+    {
         Entry storage e = _schedules[slot][account];
-        return (e.netWh, e.price);
+        return (e.netWh, e.price, e.activatedWh);
     }
 }

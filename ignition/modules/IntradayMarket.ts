@@ -7,8 +7,8 @@ import SettlementModule from "./Settlement.js";
 /**
  * The intra-day balancing market. The window of a slot opens `openLeadSeconds` before the start
  * of its hour (1 h) and closes `gateLeadSeconds` before the slot (15 min). Offer prices must lie
- * within [priceFloor, priceCap] (the feed-in and retail prices). Settlement then takes
- * activations as part of every participant's schedule.
+ * within [priceFloor, priceCap] (the feed-in and retail prices). Its activations join the
+ * day-ahead market's schedules (BALANCING_ROLE there), which settlement reads with every reading.
  */
 export default buildModule("IntradayMarketModule", (m) => {
   const { energyToken } = m.useModule(EnergyTokenModule);
@@ -34,6 +34,8 @@ export default buildModule("IntradayMarketModule", (m) => {
     priceFloor,
     priceCap,
   ]);
+  const balancingRole = m.staticCall(dayAheadMarket, "BALANCING_ROLE", []);
+  m.call(dayAheadMarket, "grantRole", [balancingRole, intradayMarket]);
   m.call(settlement, "setMarkets", [dayAheadMarket, intradayMarket]);
 
   return { intradayMarket };

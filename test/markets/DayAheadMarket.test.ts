@@ -404,7 +404,7 @@ describe("DayAheadMarket", () => {
 
     it("accepts the reference clearing from anyone: awards, refunds, cost to settlement, schedules", async () => {
       const { da, dayAhead, token, settlement, slot, a } = await crossingBook();
-      expect(await dayAhead.scheduleOf(slot, a("alice"))).to.deep.equal([0n, 0n]);
+      expect(await dayAhead.scheduleOf(slot, a("alice"))).to.deep.equal([0n, 0n, 0n]);
       const c = await clearingOf(da, slot);
       // A-bob 250, A-carol 50, dave-carol 150; dave (180k) < erin (190k): price (180k + 170k) / 2.
       expect(c.buyers).to.deep.equal([a("alice"), a("dave"), a("frank")]);
@@ -448,12 +448,12 @@ describe("DayAheadMarket", () => {
 
       const b = await dayAhead.book(slot);
       expect([b.size, b.cleared, b.price, b.volumeWh, b.escrow]).to.deep.equal([6n, true, 175_000n, 450n, 0n]);
-      expect(await dayAhead.scheduleOf(slot, a("alice"))).to.deep.equal([300n, 175_000n]);
-      expect(await dayAhead.scheduleOf(slot, a("dave"))).to.deep.equal([150n, 175_000n]);
-      expect(await dayAhead.scheduleOf(slot, a("frank"))).to.deep.equal([0n, 175_000n]);
-      expect(await dayAhead.scheduleOf(slot, a("carol"))).to.deep.equal([-200n, 175_000n]);
-      expect(await dayAhead.scheduleOf(slot, a("erin"))).to.deep.equal([0n, 175_000n]);
-      expect(await dayAhead.scheduleOf(slot, da.market.outsider.address)).to.deep.equal([0n, 175_000n]);
+      expect(await dayAhead.scheduleOf(slot, a("alice"))).to.deep.equal([300n, 175_000n, 0n]);
+      expect(await dayAhead.scheduleOf(slot, a("dave"))).to.deep.equal([150n, 175_000n, 0n]);
+      expect(await dayAhead.scheduleOf(slot, a("frank"))).to.deep.equal([0n, 175_000n, 0n]);
+      expect(await dayAhead.scheduleOf(slot, a("carol"))).to.deep.equal([-200n, 175_000n, 0n]);
+      expect(await dayAhead.scheduleOf(slot, a("erin"))).to.deep.equal([0n, 175_000n, 0n]);
+      expect(await dayAhead.scheduleOf(slot, da.market.outsider.address)).to.deep.equal([0n, 175_000n, 0n]);
       expect((await dayAhead.orderOf(slot, a("bob"))).awardedWh).to.equal(250n);
       // The market may pay schedules into the settlement's pools.
       expect(await settlement.hasRole(await settlement.MARKET_ROLE(), da.address)).to.equal(true);
@@ -556,7 +556,7 @@ describe("DayAheadMarket", () => {
       await expect(tx).to.changeTokenBalances(ethers, token, [a("alice"), da.address, da.market.settlementAddress], [10_000n, -10_000n, 0n]);
       await expect(tx).to.emit(dayAhead, "SlotCleared").withArgs(slot, 0n, 0n, 2n, da.market.admin.address);
       await expect(tx).not.to.emit(settlement, "SchedulePaid");
-      expect(await dayAhead.scheduleOf(slot, a("alice"))).to.deep.equal([0n, 0n]);
+      expect(await dayAhead.scheduleOf(slot, a("alice"))).to.deep.equal([0n, 0n, 0n]);
       await da.expectEscrow(0n);
     });
 
@@ -569,7 +569,7 @@ describe("DayAheadMarket", () => {
       await da.afterGate(slot);
       await dayAhead.clear(c);
       expect((await dayAhead.orderOf(slot, a("alice"))).awardedWh).to.equal(700n);
-      expect(await dayAhead.scheduleOf(slot, a("bob"))).to.deep.equal([-700n, 120_000n]);
+      expect(await dayAhead.scheduleOf(slot, a("bob"))).to.deep.equal([-700n, 120_000n, 0n]);
     });
 
     it("fills the earliest of several orders at the marginal price first, a changed or re-placed order keeping its place", async () => {
@@ -589,7 +589,7 @@ describe("DayAheadMarket", () => {
       expect([c.buyAwardsWh, c.sellAwardsWh, c.price, c.volumeWh]).to.deep.equal([[100n, 90n, 20n], [150n, 60n], 125_000n, 210n]);
       await da.afterGate(slot);
       await dayAhead.clear(c);
-      expect(await dayAhead.scheduleOf(slot, a("frank"))).to.deep.equal([20n, 125_000n]);
+      expect(await dayAhead.scheduleOf(slot, a("frank"))).to.deep.equal([20n, 125_000n, 0n]);
       // Putting frank before alice (same price, later index) is refused.
       const { da: da2, dayAhead: d2, slot: s2 } = await fixture();
       await da2.place("alice", s2, BUY, 10n, 150_000n);
@@ -683,7 +683,7 @@ describe("DayAheadMarket", () => {
       await expect(dayAhead.clear(await clearingOf(da, slot)))
         .to.be.revertedWithCustomError(dayAhead, "ClearingTooLate")
         .withArgs(slot, da.starts(slot));
-      expect(await dayAhead.scheduleOf(slot, a("alice"))).to.deep.equal([0n, 0n]);
+      expect(await dayAhead.scheduleOf(slot, a("alice"))).to.deep.equal([0n, 0n, 0n]);
     });
 
     it("refuses a cleared slot", async () => {

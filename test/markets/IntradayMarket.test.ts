@@ -213,8 +213,8 @@ describe("IntradayMarket", () => {
       await da.place("bob", slot, true, 1_000n, 100_000n);
       await da.afterGate(slot);
       await da.dayAhead.clear(clearingCallFor(slot, await readBook(da.dayAhead, slot)));
-      expect(await da.dayAhead.scheduleOf(slot, a("alice"))).to.deep.equal([1_000n, 150_000n]);
-      expect(await da.dayAhead.scheduleOf(slot, a("bob"))).to.deep.equal([-1_000n, 150_000n]);
+      expect(await da.dayAhead.scheduleOf(slot, a("alice"))).to.deep.equal([1_000n, 150_000n, 0n]);
+      expect(await da.dayAhead.scheduleOf(slot, a("bob"))).to.deep.equal([-1_000n, 150_000n, 0n]);
 
       await inWindow(slot);
       await expect(forecast("alice", slot, [1_600n])).to.emit(intraday, "ForecastSubmitted").withArgs(a("alice"), slot, 1_600n, 600n);

@@ -330,7 +330,7 @@ describe("DayAheadMarket clearing property", function () {
           expect(paid, `slot ${b.slot}: SchedulePaid`).to.deep.equal(cost > 0n ? [cost] : []);
           expect((await da.settlement.slotState(b.slot)).pool, `slot ${b.slot}: pool`).to.equal(cost);
           for (const [account, award] of [...good.buyers.map((x, k) => [x, good.buyAwardsWh[k]!] as const), ...good.sellers.map((x, k) => [x, -good.sellAwardsWh[k]!] as const)]) {
-            expect(await dayAhead.scheduleOf(b.slot, account), `slot ${b.slot}: schedule of ${account}`).to.deep.equal([award, good.price]);
+            expect(await dayAhead.scheduleOf(b.slot, account), `slot ${b.slot}: schedule of ${account}`).to.deep.equal([award, good.price, 0n]);
           }
           // Refunds to wallets; the cost left the market.
           for (const [account, refund] of refunds) wallet.set(account, wallet.get(account)! + refund);

@@ -21,18 +21,19 @@ export declare namespace IDayAheadMarket {
     export type ClearingStructOutput = [slot: bigint, buyers: string[], sellers: string[], buyAwardsWh: bigint[], sellAwardsWh: bigint[], price: bigint, volumeWh: bigint] & {slot: bigint, buyers: string[], sellers: string[], buyAwardsWh: bigint[], sellAwardsWh: bigint[], price: bigint, volumeWh: bigint }
   
 
-    export type OrderStruct = {isSell: boolean, qtyWh: BigNumberish, price: BigNumberish, index: BigNumberish, awardedWh: BigNumberish, placed: boolean}
+    export type OrderStruct = {isSell: boolean, qtyWh: BigNumberish, price: BigNumberish, index: BigNumberish, awardedWh: BigNumberish, placed: boolean, activatedWh: BigNumberish}
 
-    export type OrderStructOutput = [isSell: boolean, qtyWh: bigint, price: bigint, index: bigint, awardedWh: bigint, placed: boolean] & {isSell: boolean, qtyWh: bigint, price: bigint, index: bigint, awardedWh: bigint, placed: boolean }
+    export type OrderStructOutput = [isSell: boolean, qtyWh: bigint, price: bigint, index: bigint, awardedWh: bigint, placed: boolean, activatedWh: bigint] & {isSell: boolean, qtyWh: bigint, price: bigint, index: bigint, awardedWh: bigint, placed: boolean, activatedWh: bigint }
   
     }
 
   export interface DayAheadMarketInterface extends Interface {
-    getFunction(nameOrSignature: "DEFAULT_ADMIN_ROLE" | "MAX_BOOK_SIZE" | "MAX_ORDER_WH" | "MAX_PRICE" | "REGULATOR_ROLE" | "book" | "cancelOrder" | "changeOrder" | "clear" | "gateClosure" | "gateLeadSeconds" | "getRoleAdmin" | "grantRole" | "hasRole" | "orderOf" | "placeOrder" | "placeOrderWithPermit" | "placeOrders" | "placeOrdersFor" | "priceCap" | "priceFloor" | "reclaim" | "registry" | "renounceRole" | "revokeRole" | "scheduleOf" | "setBounds" | "settlement" | "slotSeconds" | "supportsInterface" | "token" | "totalEscrow"): FunctionFragment;
+    getFunction(nameOrSignature: "BALANCING_ROLE" | "DEFAULT_ADMIN_ROLE" | "MAX_BOOK_SIZE" | "MAX_ORDER_WH" | "MAX_PRICE" | "REGULATOR_ROLE" | "book" | "cancelOrder" | "changeOrder" | "clear" | "gateClosure" | "gateLeadSeconds" | "getRoleAdmin" | "grantRole" | "hasRole" | "orderOf" | "placeOrder" | "placeOrderWithPermit" | "placeOrders" | "placeOrdersFor" | "priceCap" | "priceFloor" | "reclaim" | "recordActivations" | "registry" | "renounceRole" | "revokeRole" | "scheduleOf" | "setBounds" | "settlement" | "slotSeconds" | "supportsInterface" | "token" | "totalEscrow"): FunctionFragment;
 
-    getEvent(nameOrSignatureOrTopic: "BoundsSet" | "EscrowReclaimed" | "OrderCancelled" | "OrderPlaced" | "RoleAdminChanged" | "RoleGranted" | "RoleRevoked" | "SlotCleared"): EventFragment;
+    getEvent(nameOrSignatureOrTopic: "ActivationsRecorded" | "BoundsSet" | "EscrowReclaimed" | "OrderCancelled" | "OrderPlaced" | "RoleAdminChanged" | "RoleGranted" | "RoleRevoked" | "SlotCleared"): EventFragment;
 
-    encodeFunctionData(functionFragment: 'DEFAULT_ADMIN_ROLE', values?: undefined): string;
+    encodeFunctionData(functionFragment: 'BALANCING_ROLE', values?: undefined): string;
+encodeFunctionData(functionFragment: 'DEFAULT_ADMIN_ROLE', values?: undefined): string;
 encodeFunctionData(functionFragment: 'MAX_BOOK_SIZE', values?: undefined): string;
 encodeFunctionData(functionFragment: 'MAX_ORDER_WH', values?: undefined): string;
 encodeFunctionData(functionFragment: 'MAX_PRICE', values?: undefined): string;
@@ -54,6 +55,7 @@ encodeFunctionData(functionFragment: 'placeOrdersFor', values: [AddressLike, IDa
 encodeFunctionData(functionFragment: 'priceCap', values?: undefined): string;
 encodeFunctionData(functionFragment: 'priceFloor', values?: undefined): string;
 encodeFunctionData(functionFragment: 'reclaim', values: [BigNumberish, AddressLike[]]): string;
+encodeFunctionData(functionFragment: 'recordActivations', values: [BigNumberish, AddressLike[], BigNumberish[]]): string;
 encodeFunctionData(functionFragment: 'registry', values?: undefined): string;
 encodeFunctionData(functionFragment: 'renounceRole', values: [BytesLike, AddressLike]): string;
 encodeFunctionData(functionFragment: 'revokeRole', values: [BytesLike, AddressLike]): string;
@@ -65,7 +67,8 @@ encodeFunctionData(functionFragment: 'supportsInterface', values: [BytesLike]): 
 encodeFunctionData(functionFragment: 'token', values?: undefined): string;
 encodeFunctionData(functionFragment: 'totalEscrow', values?: undefined): string;
 
-    decodeFunctionResult(functionFragment: 'DEFAULT_ADMIN_ROLE', data: BytesLike): Result;
+    decodeFunctionResult(functionFragment: 'BALANCING_ROLE', data: BytesLike): Result;
+decodeFunctionResult(functionFragment: 'DEFAULT_ADMIN_ROLE', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'MAX_BOOK_SIZE', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'MAX_ORDER_WH', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'MAX_PRICE', data: BytesLike): Result;
@@ -87,6 +90,7 @@ decodeFunctionResult(functionFragment: 'placeOrdersFor', data: BytesLike): Resul
 decodeFunctionResult(functionFragment: 'priceCap', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'priceFloor', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'reclaim', data: BytesLike): Result;
+decodeFunctionResult(functionFragment: 'recordActivations', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'registry', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'renounceRole', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'revokeRole', data: BytesLike): Result;
@@ -100,6 +104,18 @@ decodeFunctionResult(functionFragment: 'totalEscrow', data: BytesLike): Result;
   }
 
   
+    export namespace ActivationsRecordedEvent {
+      export type InputTuple = [slot: BigNumberish, market: AddressLike, count: BigNumberish];
+      export type OutputTuple = [slot: bigint, market: string, count: bigint];
+      export interface OutputObject {slot: bigint, market: string, count: bigint };
+      export type Event = TypedContractEvent<InputTuple, OutputTuple, OutputObject>
+      export type Filter = TypedDeferredTopicFilter<Event>
+      export type Log = TypedEventLog<Event>
+      export type LogDescription = TypedLogDescription<Event>
+    }
+
+  
+
     export namespace BoundsSetEvent {
       export type InputTuple = [floor: BigNumberish, cap: BigNumberish];
       export type OutputTuple = [floor: bigint, cap: bigint];
@@ -229,6 +245,14 @@ decodeFunctionResult(functionFragment: 'totalEscrow', data: BytesLike): Result;
 
 
     
+    
+    BALANCING_ROLE: TypedContractMethod<
+      [],
+      [string],
+      'view'
+    >
+    
+
     
     DEFAULT_ADMIN_ROLE: TypedContractMethod<
       [],
@@ -406,6 +430,14 @@ decodeFunctionResult(functionFragment: 'totalEscrow', data: BytesLike): Result;
     
 
     
+    recordActivations: TypedContractMethod<
+      [slot: BigNumberish, accounts: AddressLike[], activatedWh: BigNumberish[], ],
+      [void],
+      'nonpayable'
+    >
+    
+
+    
     registry: TypedContractMethod<
       [],
       [string],
@@ -432,7 +464,7 @@ decodeFunctionResult(functionFragment: 'totalEscrow', data: BytesLike): Result;
     
     scheduleOf: TypedContractMethod<
       [slot: BigNumberish, account: AddressLike, ],
-      [[bigint, bigint] & {netWh: bigint, price: bigint }],
+      [[bigint, bigint, bigint] & {dayAheadWh: bigint, price: bigint, activatedWh: bigint }],
       'view'
     >
     
@@ -488,7 +520,12 @@ decodeFunctionResult(functionFragment: 'totalEscrow', data: BytesLike): Result;
 
     getFunction<T extends ContractMethod = ContractMethod>(key: string | FunctionFragment): T;
 
-    getFunction(nameOrSignature: 'DEFAULT_ADMIN_ROLE'): TypedContractMethod<
+    getFunction(nameOrSignature: 'BALANCING_ROLE'): TypedContractMethod<
+      [],
+      [string],
+      'view'
+    >;
+getFunction(nameOrSignature: 'DEFAULT_ADMIN_ROLE'): TypedContractMethod<
       [],
       [string],
       'view'
@@ -598,6 +635,11 @@ getFunction(nameOrSignature: 'reclaim'): TypedContractMethod<
       [void],
       'nonpayable'
     >;
+getFunction(nameOrSignature: 'recordActivations'): TypedContractMethod<
+      [slot: BigNumberish, accounts: AddressLike[], activatedWh: BigNumberish[], ],
+      [void],
+      'nonpayable'
+    >;
 getFunction(nameOrSignature: 'registry'): TypedContractMethod<
       [],
       [string],
@@ -615,7 +657,7 @@ getFunction(nameOrSignature: 'revokeRole'): TypedContractMethod<
     >;
 getFunction(nameOrSignature: 'scheduleOf'): TypedContractMethod<
       [slot: BigNumberish, account: AddressLike, ],
-      [[bigint, bigint] & {netWh: bigint, price: bigint }],
+      [[bigint, bigint, bigint] & {dayAheadWh: bigint, price: bigint, activatedWh: bigint }],
       'view'
     >;
 getFunction(nameOrSignature: 'setBounds'): TypedContractMethod<
@@ -649,7 +691,8 @@ getFunction(nameOrSignature: 'totalEscrow'): TypedContractMethod<
       'view'
     >;
 
-    getEvent(key: 'BoundsSet'): TypedContractEvent<BoundsSetEvent.InputTuple, BoundsSetEvent.OutputTuple, BoundsSetEvent.OutputObject>;
+    getEvent(key: 'ActivationsRecorded'): TypedContractEvent<ActivationsRecordedEvent.InputTuple, ActivationsRecordedEvent.OutputTuple, ActivationsRecordedEvent.OutputObject>;
+getEvent(key: 'BoundsSet'): TypedContractEvent<BoundsSetEvent.InputTuple, BoundsSetEvent.OutputTuple, BoundsSetEvent.OutputObject>;
 getEvent(key: 'EscrowReclaimed'): TypedContractEvent<EscrowReclaimedEvent.InputTuple, EscrowReclaimedEvent.OutputTuple, EscrowReclaimedEvent.OutputObject>;
 getEvent(key: 'OrderCancelled'): TypedContractEvent<OrderCancelledEvent.InputTuple, OrderCancelledEvent.OutputTuple, OrderCancelledEvent.OutputObject>;
 getEvent(key: 'OrderPlaced'): TypedContractEvent<OrderPlacedEvent.InputTuple, OrderPlacedEvent.OutputTuple, OrderPlacedEvent.OutputObject>;
@@ -660,6 +703,10 @@ getEvent(key: 'SlotCleared'): TypedContractEvent<SlotClearedEvent.InputTuple, Sl
 
     filters: {
       
+      'ActivationsRecorded(uint32,address,uint256)': TypedContractEvent<ActivationsRecordedEvent.InputTuple, ActivationsRecordedEvent.OutputTuple, ActivationsRecordedEvent.OutputObject>;
+      ActivationsRecorded: TypedContractEvent<ActivationsRecordedEvent.InputTuple, ActivationsRecordedEvent.OutputTuple, ActivationsRecordedEvent.OutputObject>;
+    
+
       'BoundsSet(uint256,uint256)': TypedContractEvent<BoundsSetEvent.InputTuple, BoundsSetEvent.OutputTuple, BoundsSetEvent.OutputObject>;
       BoundsSet: TypedContractEvent<BoundsSetEvent.InputTuple, BoundsSetEvent.OutputTuple, BoundsSetEvent.OutputObject>;
     

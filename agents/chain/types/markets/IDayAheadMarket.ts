@@ -21,16 +21,16 @@ export declare namespace IDayAheadMarket {
     export type ClearingStructOutput = [slot: bigint, buyers: string[], sellers: string[], buyAwardsWh: bigint[], sellAwardsWh: bigint[], price: bigint, volumeWh: bigint] & {slot: bigint, buyers: string[], sellers: string[], buyAwardsWh: bigint[], sellAwardsWh: bigint[], price: bigint, volumeWh: bigint }
   
 
-    export type OrderStruct = {isSell: boolean, qtyWh: BigNumberish, price: BigNumberish, index: BigNumberish, awardedWh: BigNumberish, placed: boolean}
+    export type OrderStruct = {isSell: boolean, qtyWh: BigNumberish, price: BigNumberish, index: BigNumberish, awardedWh: BigNumberish, placed: boolean, activatedWh: BigNumberish}
 
-    export type OrderStructOutput = [isSell: boolean, qtyWh: bigint, price: bigint, index: bigint, awardedWh: bigint, placed: boolean] & {isSell: boolean, qtyWh: bigint, price: bigint, index: bigint, awardedWh: bigint, placed: boolean }
+    export type OrderStructOutput = [isSell: boolean, qtyWh: bigint, price: bigint, index: bigint, awardedWh: bigint, placed: boolean, activatedWh: bigint] & {isSell: boolean, qtyWh: bigint, price: bigint, index: bigint, awardedWh: bigint, placed: boolean, activatedWh: bigint }
   
     }
 
   export interface IDayAheadMarketInterface extends Interface {
-    getFunction(nameOrSignature: "book" | "cancelOrder" | "changeOrder" | "clear" | "gateClosure" | "orderOf" | "placeOrder" | "placeOrders" | "placeOrdersFor" | "reclaim" | "scheduleOf" | "setBounds"): FunctionFragment;
+    getFunction(nameOrSignature: "book" | "cancelOrder" | "changeOrder" | "clear" | "gateClosure" | "orderOf" | "placeOrder" | "placeOrders" | "placeOrdersFor" | "reclaim" | "recordActivations" | "scheduleOf" | "setBounds"): FunctionFragment;
 
-    getEvent(nameOrSignatureOrTopic: "BoundsSet" | "EscrowReclaimed" | "OrderCancelled" | "OrderPlaced" | "SlotCleared"): EventFragment;
+    getEvent(nameOrSignatureOrTopic: "ActivationsRecorded" | "BoundsSet" | "EscrowReclaimed" | "OrderCancelled" | "OrderPlaced" | "SlotCleared"): EventFragment;
 
     encodeFunctionData(functionFragment: 'book', values: [BigNumberish]): string;
 encodeFunctionData(functionFragment: 'cancelOrder', values: [BigNumberish]): string;
@@ -42,6 +42,7 @@ encodeFunctionData(functionFragment: 'placeOrder', values: [IDayAheadMarket.Orde
 encodeFunctionData(functionFragment: 'placeOrders', values: [IDayAheadMarket.OrderInputStruct[]]): string;
 encodeFunctionData(functionFragment: 'placeOrdersFor', values: [AddressLike, IDayAheadMarket.OrderInputStruct[]]): string;
 encodeFunctionData(functionFragment: 'reclaim', values: [BigNumberish, AddressLike[]]): string;
+encodeFunctionData(functionFragment: 'recordActivations', values: [BigNumberish, AddressLike[], BigNumberish[]]): string;
 encodeFunctionData(functionFragment: 'scheduleOf', values: [BigNumberish, AddressLike]): string;
 encodeFunctionData(functionFragment: 'setBounds', values: [BigNumberish, BigNumberish]): string;
 
@@ -55,11 +56,24 @@ decodeFunctionResult(functionFragment: 'placeOrder', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'placeOrders', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'placeOrdersFor', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'reclaim', data: BytesLike): Result;
+decodeFunctionResult(functionFragment: 'recordActivations', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'scheduleOf', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'setBounds', data: BytesLike): Result;
   }
 
   
+    export namespace ActivationsRecordedEvent {
+      export type InputTuple = [slot: BigNumberish, market: AddressLike, count: BigNumberish];
+      export type OutputTuple = [slot: bigint, market: string, count: bigint];
+      export interface OutputObject {slot: bigint, market: string, count: bigint };
+      export type Event = TypedContractEvent<InputTuple, OutputTuple, OutputObject>
+      export type Filter = TypedDeferredTopicFilter<Event>
+      export type Log = TypedEventLog<Event>
+      export type LogDescription = TypedLogDescription<Event>
+    }
+
+  
+
     export namespace BoundsSetEvent {
       export type InputTuple = [floor: BigNumberish, cap: BigNumberish];
       export type OutputTuple = [floor: bigint, cap: bigint];
@@ -234,9 +248,17 @@ decodeFunctionResult(functionFragment: 'setBounds', data: BytesLike): Result;
     
 
     
+    recordActivations: TypedContractMethod<
+      [slot: BigNumberish, accounts: AddressLike[], activatedWh: BigNumberish[], ],
+      [void],
+      'nonpayable'
+    >
+    
+
+    
     scheduleOf: TypedContractMethod<
       [slot: BigNumberish, account: AddressLike, ],
-      [[bigint, bigint] & {netWh: bigint, price: bigint }],
+      [[bigint, bigint, bigint] & {dayAheadWh: bigint, price: bigint, activatedWh: bigint }],
       'view'
     >
     
@@ -302,9 +324,14 @@ getFunction(nameOrSignature: 'reclaim'): TypedContractMethod<
       [void],
       'nonpayable'
     >;
+getFunction(nameOrSignature: 'recordActivations'): TypedContractMethod<
+      [slot: BigNumberish, accounts: AddressLike[], activatedWh: BigNumberish[], ],
+      [void],
+      'nonpayable'
+    >;
 getFunction(nameOrSignature: 'scheduleOf'): TypedContractMethod<
       [slot: BigNumberish, account: AddressLike, ],
-      [[bigint, bigint] & {netWh: bigint, price: bigint }],
+      [[bigint, bigint, bigint] & {dayAheadWh: bigint, price: bigint, activatedWh: bigint }],
       'view'
     >;
 getFunction(nameOrSignature: 'setBounds'): TypedContractMethod<
@@ -313,7 +340,8 @@ getFunction(nameOrSignature: 'setBounds'): TypedContractMethod<
       'nonpayable'
     >;
 
-    getEvent(key: 'BoundsSet'): TypedContractEvent<BoundsSetEvent.InputTuple, BoundsSetEvent.OutputTuple, BoundsSetEvent.OutputObject>;
+    getEvent(key: 'ActivationsRecorded'): TypedContractEvent<ActivationsRecordedEvent.InputTuple, ActivationsRecordedEvent.OutputTuple, ActivationsRecordedEvent.OutputObject>;
+getEvent(key: 'BoundsSet'): TypedContractEvent<BoundsSetEvent.InputTuple, BoundsSetEvent.OutputTuple, BoundsSetEvent.OutputObject>;
 getEvent(key: 'EscrowReclaimed'): TypedContractEvent<EscrowReclaimedEvent.InputTuple, EscrowReclaimedEvent.OutputTuple, EscrowReclaimedEvent.OutputObject>;
 getEvent(key: 'OrderCancelled'): TypedContractEvent<OrderCancelledEvent.InputTuple, OrderCancelledEvent.OutputTuple, OrderCancelledEvent.OutputObject>;
 getEvent(key: 'OrderPlaced'): TypedContractEvent<OrderPlacedEvent.InputTuple, OrderPlacedEvent.OutputTuple, OrderPlacedEvent.OutputObject>;
@@ -321,6 +349,10 @@ getEvent(key: 'SlotCleared'): TypedContractEvent<SlotClearedEvent.InputTuple, Sl
 
     filters: {
       
+      'ActivationsRecorded(uint32,address,uint256)': TypedContractEvent<ActivationsRecordedEvent.InputTuple, ActivationsRecordedEvent.OutputTuple, ActivationsRecordedEvent.OutputObject>;
+      ActivationsRecorded: TypedContractEvent<ActivationsRecordedEvent.InputTuple, ActivationsRecordedEvent.OutputTuple, ActivationsRecordedEvent.OutputObject>;
+    
+
       'BoundsSet(uint256,uint256)': TypedContractEvent<BoundsSetEvent.InputTuple, BoundsSetEvent.OutputTuple, BoundsSetEvent.OutputObject>;
       BoundsSet: TypedContractEvent<BoundsSetEvent.InputTuple, BoundsSetEvent.OutputTuple, BoundsSetEvent.OutputObject>;
     

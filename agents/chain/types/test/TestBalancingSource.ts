@@ -6,19 +6,19 @@ import type { TypedContractEvent, TypedDeferredTopicFilter, TypedEventLog, Typed
   
 
   export interface TestBalancingSourceInterface extends Interface {
-    getFunction(nameOrSignature: "activationOf" | "pay" | "setActivations" | "sink" | "slotResult" | "token"): FunctionFragment;
+    getFunction(nameOrSignature: "pay" | "schedule" | "setActivations" | "sink" | "slotResult" | "token"): FunctionFragment;
 
     getEvent(nameOrSignatureOrTopic: "ActivationsSet"): EventFragment;
 
-    encodeFunctionData(functionFragment: 'activationOf', values: [BigNumberish, AddressLike]): string;
-encodeFunctionData(functionFragment: 'pay', values: [BigNumberish, BigNumberish]): string;
+    encodeFunctionData(functionFragment: 'pay', values: [BigNumberish, BigNumberish]): string;
+encodeFunctionData(functionFragment: 'schedule', values?: undefined): string;
 encodeFunctionData(functionFragment: 'setActivations', values: [BigNumberish, AddressLike[], BigNumberish[], BigNumberish, BigNumberish]): string;
 encodeFunctionData(functionFragment: 'sink', values?: undefined): string;
 encodeFunctionData(functionFragment: 'slotResult', values: [BigNumberish]): string;
 encodeFunctionData(functionFragment: 'token', values?: undefined): string;
 
-    decodeFunctionResult(functionFragment: 'activationOf', data: BytesLike): Result;
-decodeFunctionResult(functionFragment: 'pay', data: BytesLike): Result;
+    decodeFunctionResult(functionFragment: 'pay', data: BytesLike): Result;
+decodeFunctionResult(functionFragment: 'schedule', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'setActivations', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'sink', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'slotResult', data: BytesLike): Result;
@@ -72,18 +72,18 @@ decodeFunctionResult(functionFragment: 'token', data: BytesLike): Result;
 
     
     
-    activationOf: TypedContractMethod<
-      [slot: BigNumberish, account: AddressLike, ],
-      [[bigint, bigint] & {activatedWh: bigint, price: bigint }],
-      'view'
-    >
-    
-
-    
     pay: TypedContractMethod<
       [slot: BigNumberish, amount: BigNumberish, ],
       [void],
       'nonpayable'
+    >
+    
+
+    
+    schedule: TypedContractMethod<
+      [],
+      [string],
+      'view'
     >
     
 
@@ -122,15 +122,15 @@ decodeFunctionResult(functionFragment: 'token', data: BytesLike): Result;
 
     getFunction<T extends ContractMethod = ContractMethod>(key: string | FunctionFragment): T;
 
-    getFunction(nameOrSignature: 'activationOf'): TypedContractMethod<
-      [slot: BigNumberish, account: AddressLike, ],
-      [[bigint, bigint] & {activatedWh: bigint, price: bigint }],
-      'view'
-    >;
-getFunction(nameOrSignature: 'pay'): TypedContractMethod<
+    getFunction(nameOrSignature: 'pay'): TypedContractMethod<
       [slot: BigNumberish, amount: BigNumberish, ],
       [void],
       'nonpayable'
+    >;
+getFunction(nameOrSignature: 'schedule'): TypedContractMethod<
+      [],
+      [string],
+      'view'
     >;
 getFunction(nameOrSignature: 'setActivations'): TypedContractMethod<
       [slot: BigNumberish, accounts: AddressLike[], wh: BigNumberish[], upPrice: BigNumberish, downPrice: BigNumberish, ],

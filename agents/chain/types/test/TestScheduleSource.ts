@@ -6,11 +6,12 @@ import type { TypedContractEvent, TypedDeferredTopicFilter, TypedEventLog, Typed
   
 
   export interface TestScheduleSourceInterface extends Interface {
-    getFunction(nameOrSignature: "pay" | "scheduleOf" | "setSchedule" | "setSchedules" | "sink" | "token"): FunctionFragment;
+    getFunction(nameOrSignature: "pay" | "recordActivations" | "scheduleOf" | "setSchedule" | "setSchedules" | "sink" | "token"): FunctionFragment;
 
     getEvent(nameOrSignatureOrTopic: "ScheduleSet"): EventFragment;
 
     encodeFunctionData(functionFragment: 'pay', values: [BigNumberish, BigNumberish]): string;
+encodeFunctionData(functionFragment: 'recordActivations', values: [BigNumberish, AddressLike[], BigNumberish[]]): string;
 encodeFunctionData(functionFragment: 'scheduleOf', values: [BigNumberish, AddressLike]): string;
 encodeFunctionData(functionFragment: 'setSchedule', values: [BigNumberish, AddressLike, BigNumberish, BigNumberish]): string;
 encodeFunctionData(functionFragment: 'setSchedules', values: [BigNumberish, AddressLike[], BigNumberish[], BigNumberish]): string;
@@ -18,6 +19,7 @@ encodeFunctionData(functionFragment: 'sink', values?: undefined): string;
 encodeFunctionData(functionFragment: 'token', values?: undefined): string;
 
     decodeFunctionResult(functionFragment: 'pay', data: BytesLike): Result;
+decodeFunctionResult(functionFragment: 'recordActivations', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'scheduleOf', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'setSchedule', data: BytesLike): Result;
 decodeFunctionResult(functionFragment: 'setSchedules', data: BytesLike): Result;
@@ -80,9 +82,17 @@ decodeFunctionResult(functionFragment: 'token', data: BytesLike): Result;
     
 
     
+    recordActivations: TypedContractMethod<
+      [slot: BigNumberish, accounts: AddressLike[], activatedWh: BigNumberish[], ],
+      [void],
+      'nonpayable'
+    >
+    
+
+    
     scheduleOf: TypedContractMethod<
       [slot: BigNumberish, account: AddressLike, ],
-      [[bigint, bigint] & {netWh: bigint, price: bigint }],
+      [[bigint, bigint, bigint] & {dayAheadWh: bigint, price: bigint, activatedWh: bigint }],
       'view'
     >
     
@@ -127,9 +137,14 @@ decodeFunctionResult(functionFragment: 'token', data: BytesLike): Result;
       [void],
       'nonpayable'
     >;
+getFunction(nameOrSignature: 'recordActivations'): TypedContractMethod<
+      [slot: BigNumberish, accounts: AddressLike[], activatedWh: BigNumberish[], ],
+      [void],
+      'nonpayable'
+    >;
 getFunction(nameOrSignature: 'scheduleOf'): TypedContractMethod<
       [slot: BigNumberish, account: AddressLike, ],
-      [[bigint, bigint] & {netWh: bigint, price: bigint }],
+      [[bigint, bigint, bigint] & {dayAheadWh: bigint, price: bigint, activatedWh: bigint }],
       'view'
     >;
 getFunction(nameOrSignature: 'setSchedule'): TypedContractMethod<

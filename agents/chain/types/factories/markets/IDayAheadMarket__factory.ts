@@ -9,6 +9,22 @@
   {
     "inputs": [
       {
+        "internalType": "uint256",
+        "name": "accounts",
+        "type": "uint256"
+      },
+      {
+        "internalType": "uint256",
+        "name": "activations",
+        "type": "uint256"
+      }
+    ],
+    "name": "ActivationsLengthMismatch",
+    "type": "error"
+  },
+  {
+    "inputs": [
+      {
         "internalType": "uint32",
         "name": "slot",
         "type": "uint32"
@@ -356,6 +372,31 @@
     ],
     "name": "ReclaimNotAllowed",
     "type": "error"
+  },
+  {
+    "anonymous": false,
+    "inputs": [
+      {
+        "indexed": true,
+        "internalType": "uint32",
+        "name": "slot",
+        "type": "uint32"
+      },
+      {
+        "indexed": true,
+        "internalType": "address",
+        "name": "market",
+        "type": "address"
+      },
+      {
+        "indexed": false,
+        "internalType": "uint256",
+        "name": "count",
+        "type": "uint256"
+      }
+    ],
+    "name": "ActivationsRecorded",
+    "type": "event"
   },
   {
     "anonymous": false,
@@ -715,6 +756,11 @@
             "internalType": "bool",
             "name": "placed",
             "type": "bool"
+          },
+          {
+            "internalType": "int32",
+            "name": "activatedWh",
+            "type": "int32"
           }
         ],
         "internalType": "struct IDayAheadMarket.Order",
@@ -861,6 +907,29 @@
         "type": "uint32"
       },
       {
+        "internalType": "address[]",
+        "name": "accounts",
+        "type": "address[]"
+      },
+      {
+        "internalType": "int256[]",
+        "name": "activatedWh",
+        "type": "int256[]"
+      }
+    ],
+    "name": "recordActivations",
+    "outputs": [],
+    "stateMutability": "nonpayable",
+    "type": "function"
+  },
+  {
+    "inputs": [
+      {
+        "internalType": "uint32",
+        "name": "slot",
+        "type": "uint32"
+      },
+      {
         "internalType": "address",
         "name": "account",
         "type": "address"
@@ -870,13 +939,18 @@
     "outputs": [
       {
         "internalType": "int256",
-        "name": "netWh",
+        "name": "dayAheadWh",
         "type": "int256"
       },
       {
         "internalType": "uint256",
         "name": "price",
         "type": "uint256"
+      },
+      {
+        "internalType": "int256",
+        "name": "activatedWh",
+        "type": "int256"
       }
     ],
     "stateMutability": "view",

@@ -40,6 +40,11 @@
   },
   {
     "inputs": [],
+    "name": "SettlementNoScheduleSource",
+    "type": "error"
+  },
+  {
+    "inputs": [],
     "name": "SettlementNoSlackUnit",
     "type": "error"
   },

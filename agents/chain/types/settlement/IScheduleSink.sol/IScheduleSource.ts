@@ -6,13 +6,15 @@ import type { TypedContractEvent, TypedDeferredTopicFilter, TypedEventLog, Typed
   
 
   export interface IScheduleSourceInterface extends Interface {
-    getFunction(nameOrSignature: "scheduleOf"): FunctionFragment;
+    getFunction(nameOrSignature: "recordActivations" | "scheduleOf"): FunctionFragment;
 
     
 
-    encodeFunctionData(functionFragment: 'scheduleOf', values: [BigNumberish, AddressLike]): string;
+    encodeFunctionData(functionFragment: 'recordActivations', values: [BigNumberish, AddressLike[], BigNumberish[]]): string;
+encodeFunctionData(functionFragment: 'scheduleOf', values: [BigNumberish, AddressLike]): string;
 
-    decodeFunctionResult(functionFragment: 'scheduleOf', data: BytesLike): Result;
+    decodeFunctionResult(functionFragment: 'recordActivations', data: BytesLike): Result;
+decodeFunctionResult(functionFragment: 'scheduleOf', data: BytesLike): Result;
   }
 
   
@@ -51,9 +53,17 @@ import type { TypedContractEvent, TypedDeferredTopicFilter, TypedEventLog, Typed
 
     
     
+    recordActivations: TypedContractMethod<
+      [slot: BigNumberish, accounts: AddressLike[], activatedWh: BigNumberish[], ],
+      [void],
+      'nonpayable'
+    >
+    
+
+    
     scheduleOf: TypedContractMethod<
       [slot: BigNumberish, account: AddressLike, ],
-      [[bigint, bigint] & {netWh: bigint, price: bigint }],
+      [[bigint, bigint, bigint] & {dayAheadWh: bigint, price: bigint, activatedWh: bigint }],
       'view'
     >
     
@@ -61,9 +71,14 @@ import type { TypedContractEvent, TypedDeferredTopicFilter, TypedEventLog, Typed
 
     getFunction<T extends ContractMethod = ContractMethod>(key: string | FunctionFragment): T;
 
-    getFunction(nameOrSignature: 'scheduleOf'): TypedContractMethod<
+    getFunction(nameOrSignature: 'recordActivations'): TypedContractMethod<
+      [slot: BigNumberish, accounts: AddressLike[], activatedWh: BigNumberish[], ],
+      [void],
+      'nonpayable'
+    >;
+getFunction(nameOrSignature: 'scheduleOf'): TypedContractMethod<
       [slot: BigNumberish, account: AddressLike, ],
-      [[bigint, bigint] & {netWh: bigint, price: bigint }],
+      [[bigint, bigint, bigint] & {dayAheadWh: bigint, price: bigint, activatedWh: bigint }],
       'view'
     >;
 

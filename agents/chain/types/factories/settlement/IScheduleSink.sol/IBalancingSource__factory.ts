@@ -12,35 +12,6 @@
         "internalType": "uint32",
         "name": "slot",
         "type": "uint32"
-      },
-      {
-        "internalType": "address",
-        "name": "account",
-        "type": "address"
-      }
-    ],
-    "name": "activationOf",
-    "outputs": [
-      {
-        "internalType": "int256",
-        "name": "activatedWh",
-        "type": "int256"
-      },
-      {
-        "internalType": "uint256",
-        "name": "price",
-        "type": "uint256"
-      }
-    ],
-    "stateMutability": "view",
-    "type": "function"
-  },
-  {
-    "inputs": [
-      {
-        "internalType": "uint32",
-        "name": "slot",
-        "type": "uint32"
       }
     ],
     "name": "slotResult",

@@ -14,6 +14,29 @@
         "type": "uint32"
       },
       {
+        "internalType": "address[]",
+        "name": "accounts",
+        "type": "address[]"
+      },
+      {
+        "internalType": "int256[]",
+        "name": "activatedWh",
+        "type": "int256[]"
+      }
+    ],
+    "name": "recordActivations",
+    "outputs": [],
+    "stateMutability": "nonpayable",
+    "type": "function"
+  },
+  {
+    "inputs": [
+      {
+        "internalType": "uint32",
+        "name": "slot",
+        "type": "uint32"
+      },
+      {
         "internalType": "address",
         "name": "account",
         "type": "address"
@@ -23,13 +46,18 @@
     "outputs": [
       {
         "internalType": "int256",
-        "name": "netWh",
+        "name": "dayAheadWh",
         "type": "int256"
       },
       {
         "internalType": "uint256",
         "name": "price",
         "type": "uint256"
+      },
+      {
+        "internalType": "int256",
+        "name": "activatedWh",
+        "type": "int256"
       }
     ],
     "stateMutability": "view",
