@@ -502,7 +502,17 @@ type Episode = { startMs: number; endMs: number };
 /** A device's projected state. */
 type DeviceModel =
   | { kind: "battery"; storedWh: number }
-  | { kind: "ev"; pluggedIn: boolean; sessionWh: number; carRemainingWh: number }
+  | {
+      kind: "ev";
+      pluggedIn: boolean;
+      sessionWh: number;
+      carRemainingWh: number;
+      /**
+       * What the session left alone (full power from plug-in) would still draw. Less than
+       * carRemainingWh by what activations have held back: that energy is not offered again.
+       */
+      planLeftWh: number;
+    }
   | { kind: "flexibleLoad"; runW: number; episode: Episode | undefined };
 
 interface PlantModel {
@@ -551,6 +561,10 @@ class Model {
 
   private battery(i: number): BatteryAsset {
     return this.config.devices[i] as BatteryAsset;
+  }
+
+  private ev(i: number): EvAsset {
+    return this.config.devices[i] as EvAsset;
   }
 
   private limitsWh(a: BatteryAsset): { minWh: number; maxWh: number } {
@@ -624,7 +638,8 @@ class Model {
           }
           case "ev": {
             const e = Math.min((w * seconds) / HOUR_S, d.carRemainingWh);
-            return { ...d, sessionWh: d.sessionWh + e, carRemainingWh: d.carRemainingWh - e };
+            const planLeftWh = Math.max(0, d.planLeftWh - (this.ev(i).maxPowerW * seconds) / HOUR_S);
+            return { ...d, sessionWh: d.sessionWh + e, carRemainingWh: d.carRemainingWh - e, planLeftWh };
           }
           case "flexibleLoad":
             return d;
@@ -660,7 +675,11 @@ class Model {
         // need − (baseline − x) ≤ maxPower × (departure − end of this stretch).
         const planWh = Math.min(d.carRemainingWh, Math.max(0, asset.energyNeededWh - d.sessionWh));
         const afterWh = (asset.maxPowerW * (ev.departMs - endMs)) / 1000 / HOUR_S;
-        const upWh = clamp(afterWh + baselineWh - planWh, 0, baselineWh);
+        // Holding back more than the untouched session would draw now would sell again what an
+        // earlier activation held back: the car draws it later anyway, so only the plan's own
+        // draw is offered (each Wh deferred once, against the plan as a demand-response baseline).
+        const planDrawWh = Math.min((asset.maxPowerW * seconds) / HOUR_S, d.planLeftWh);
+        const upWh = clamp(Math.min(afterWh + baselineWh - planWh, planDrawWh), 0, baselineWh);
         const downWh = Math.max(0, Math.min((asset.maxPowerW * seconds) / HOUR_S, d.carRemainingWh) - baselineWh);
         return { baselineWh, upWh, downWh };
       }
@@ -766,8 +785,8 @@ export interface FlexibilityControllerOptions {
 
 /**
  * The household's flexibility, slot by slot. Per slot S of the balancing market:
- *  - before its gate closure: `readState()`, then `offerFor(S)` (or `offersFor`);
- *  - once S is cleared with an activation: `noteActivation(S, wh)` (optional: later offers then allow for it);
+ *  - before its gate closure: `readState()`, then `offerFor(S)` (or `offersFor`), and `noteOffer(S, offer)` for the one placed;
+ *  - once S is cleared: `noteActivation(S, wh)` (optional, as noteOffer: later offers then allow for it);
  *  - at S's start: `activate(S, wh)` if activated (it reads the devices and writes the set-points);
  *  - during S: `track()` on every poll (keeps the battery following the house as self-consumption would);
  *  - at S's end: `release()` if nothing is activated in the next slot (activating the next slot replaces the set-points).
@@ -779,9 +798,13 @@ export class FlexibilityController {
   private state: FlexibilityState | undefined;
   /** Cleared activations the controller knows of, by slot (+ downward, − upward). */
   private readonly activations = new Map<number, number>();
+  /** Offers placed but not cleared yet, by slot (signed as activations): each may still be activated in full. */
+  private readonly pending = new Map<number, number>();
   private active: { slot: number; atMs: number; commands: DeviceCommand[]; batteryOffsetW: number } | undefined;
   /** Shed episodes of flexible loads, by device index. */
   private readonly episodes = new Map<number, Episode>();
+  /** The EV session's plan as of the last reading (see DeviceModel's planLeftWh). */
+  private evPlan: { atMs: number; sessionWh: number; planLeftWh: number } | undefined;
 
   constructor(private readonly o: FlexibilityControllerOptions) {
     if (!Number.isInteger(o.slotSeconds) || o.slotSeconds <= 0) throw new RangeError(`slotSeconds must be a positive integer, got ${o.slotSeconds}`);
@@ -848,6 +871,7 @@ export class FlexibilityController {
       }
     });
     this.state = { at, meterPowerW, devices: states };
+    this.followEvPlan(at.getTime(), states);
     // A shed the controller does not know of (an agent restart): count it from now.
     states.forEach((s, i) => {
       if (s.kind === "flexibleLoad" && (s.shedSeconds ?? 0) > 0 && !this.episodes.has(i)) {
@@ -871,15 +895,17 @@ export class FlexibilityController {
     if (now.getTime() - state.at.getTime() > this.model.slotMs) {
       throw new MarketError("FLEX_STALE_STATE", `the devices were last read at ${state.at.toISOString()}, more than a slot before ${now.toISOString()}; call readState() first`);
     }
-    const atStart = this.project(startMs);
-    const caps = this.model.capacities(atStart, slotSeconds, startMs, this.evWindow(startMs));
+    // Offers of earlier slots not cleared yet may still be activated in full: each direction
+    // is offered from the state it would leave behind (an upward offer after the pending
+    // upward ones have drained the battery), so that every offer stays deliverable.
+    const capsFor = (side: "up" | "down") => this.model.capacities(this.project(startMs, side), slotSeconds, startMs, this.evWindow(startMs));
     const offers: FlexibilityOffer[] = [];
     const share = (i: number) => {
       const d = this.o.assets.devices[i]!;
       return d.kind === "battery" ? d.offerShare : 1;
     };
-    const upWh = BigInt(Math.floor(caps.reduce((s, c, i) => s + c.upWh * share(i), 0) + 1e-9));
-    const downWh = BigInt(Math.floor(caps.reduce((s, c, i) => s + c.downWh * share(i), 0) + 1e-9));
+    const upWh = BigInt(Math.floor(capsFor("up").reduce((s, c, i) => s + c.upWh * share(i), 0) + 1e-9));
+    const downWh = BigInt(Math.floor(capsFor("down").reduce((s, c, i) => s + c.downWh * share(i), 0) + 1e-9));
     const min = BigInt(this.o.assets.minOfferWh);
     if (upWh >= min) offers.push({ slot, isUp: true, qtyWh: upWh });
     if (downWh >= min) offers.push({ slot, isUp: false, qtyWh: downWh });
@@ -894,7 +920,18 @@ export class FlexibilityController {
   /** Tells the controller of a cleared activation ahead of its slot, so that later slots' offers allow for it. */
   noteActivation(slot: number, activatedWh: bigint): void {
     this.activations.set(slot, Number(activatedWh));
+    this.pending.delete(slot);
     for (const s of this.activations.keys()) if (s < slot - 96) this.activations.delete(s);
+  }
+
+  /**
+   * Tells the controller of an offer placed for `slot` (undefined: none), until its clearing is
+   * known (noteActivation): later slots' offers then allow for its being activated in full.
+   */
+  noteOffer(slot: number, offer: FlexibilityOffer | undefined): void {
+    if (offer === undefined || offer.qtyWh === 0n) this.pending.delete(slot);
+    else this.pending.set(slot, Number(offer.isUp ? -offer.qtyWh : offer.qtyWh));
+    for (const s of this.pending.keys()) if (s < slot - 96) this.pending.delete(s);
   }
 
   /**
@@ -1000,6 +1037,27 @@ export class FlexibilityController {
     }
   }
 
+  /**
+   * Moves the EV session's plan (full power from plug-in) along to `atMs`: a new session
+   * (plugged in again, or the session's energy reset) starts a new plan from what the car asks for.
+   */
+  private followEvPlan(atMs: number, states: readonly DeviceState[]): void {
+    const i = this.o.assets.devices.findIndex((d) => d.kind === "ev");
+    const s = states[i];
+    if (s?.kind !== "ev") return;
+    const asset = this.o.assets.devices[i] as EvAsset;
+    const remainingWh = s.remainingWh ?? Math.max(0, asset.energyNeededWh - s.sessionWh);
+    const prev = this.evPlan;
+    if (!s.pluggedIn) {
+      this.evPlan = undefined;
+    } else if (prev === undefined || s.sessionWh < prev.sessionWh - 1) {
+      this.evPlan = { atMs, sessionWh: s.sessionWh, planLeftWh: remainingWh };
+    } else {
+      const planLeftWh = Math.max(0, prev.planLeftWh - (asset.maxPowerW * Math.max(0, atMs - prev.atMs)) / 1000 / HOUR_S);
+      this.evPlan = { atMs, sessionWh: s.sessionWh, planLeftWh: Math.min(planLeftWh, remainingWh) };
+    }
+  }
+
   /** The model of the last state read, with the shed episodes the controller knows. */
   private plantFromState(): PlantModel {
     const state = this.state!;
@@ -1008,7 +1066,7 @@ export class FlexibilityController {
       if (asset.kind === "battery" && s.kind === "battery") return { kind: "battery", storedWh: s.storedWh };
       if (asset.kind === "ev" && s.kind === "ev") {
         const carRemainingWh = !s.pluggedIn ? 0 : (s.remainingWh ?? Math.max(0, asset.energyNeededWh - s.sessionWh));
-        return { kind: "ev", pluggedIn: s.pluggedIn, sessionWh: s.sessionWh, carRemainingWh };
+        return { kind: "ev", pluggedIn: s.pluggedIn, sessionWh: s.sessionWh, carRemainingWh, planLeftWh: Math.min(carRemainingWh, this.evPlan?.planLeftWh ?? carRemainingWh) };
       }
       const f = s as FlexibleLoadState;
       const a = asset as FlexibleLoadAsset;
@@ -1029,8 +1087,11 @@ export class FlexibilityController {
     return { atMs: state.at.getTime(), houseW, devices };
   }
 
-  /** The model projected from the last reading to `toMs`, through the activations known. */
-  private project(toMs: number): PlantModel {
+  /**
+   * The model projected from the last reading to `toMs`, through the activations known and,
+   * with `side`, the pending offers in that direction (taken as activated in full).
+   */
+  private project(toMs: number, side?: "up" | "down"): PlantModel {
     let m = this.plantFromState();
     const slotMs = this.model.slotMs;
     while (m.atMs < toMs) {
@@ -1041,7 +1102,9 @@ export class FlexibilityController {
         m = this.model.advance(m, this.active.commands, this.active.atMs, endMs);
         continue;
       }
-      const activated = this.activations.get(slot);
+      const offered = this.pending.get(slot);
+      const assumed = offered !== undefined && side !== undefined && (offered < 0) === (side === "up") ? offered : undefined;
+      const activated = this.activations.get(slot) ?? assumed;
       if (activated === undefined || activated === 0) {
         m = this.model.advance(m, [], m.atMs, endMs);
         continue;

@@ -395,6 +395,40 @@ describe("flexibility: battery", function () {
       await r.close();
     }
   });
+  it("allows for its offers not cleared yet, each in its own direction, until their clearing is known", async function () {
+    // 1 kWh above the minimum at 21:00: what s0 may still take is what s0 + 1 cannot offer.
+    const s0 = slotOf(local(21));
+    const r = await rig(house({ battery: { ...BATTERY, initialSoc: 0.2 } }), slotStart(s0 - 1), [batteryConfig()]);
+    try {
+      await r.controller.readState();
+      const before = r.controller.offersFor(s0 + 1);
+      r.controller.noteOffer(s0, { slot: s0, isUp: true, qtyWh: 400n });
+      const pending = r.controller.offersFor(s0 + 1);
+      expectClose(up(before) - up(pending), 400, 2);
+      // An upward offer not taken up leaves the battery fuller: the downward room stays as without it.
+      expect(down(pending)).to.equal(down(before));
+
+      r.controller.noteActivation(s0, 0n); // cleared, not activated
+      expect(r.controller.offersFor(s0 + 1)).to.deep.equal(before);
+    } finally {
+      await r.close();
+    }
+
+    // Half a kWh below the maximum: a pending downward offer takes from the next slot's room.
+    const high = await rig(house({ battery: { ...BATTERY, initialSoc: 0.9 } }), slotStart(s0 - 1), [batteryConfig()]);
+    try {
+      await high.controller.readState();
+      const before = high.controller.offersFor(s0 + 1);
+      high.controller.noteOffer(s0, { slot: s0, isUp: false, qtyWh: 300n });
+      const pending = high.controller.offersFor(s0 + 1);
+      expectClose(down(before) - down(pending), 300, 20);
+      expect(up(pending), "the upward offer stays as without it").to.equal(up(before));
+      high.controller.noteOffer(s0, undefined); // withdrawn
+      expect(high.controller.offersFor(s0 + 1)).to.deep.equal(before);
+    } finally {
+      await high.close();
+    }
+  });
 });
 
 describe("flexibility: battery tracking", function () {
@@ -511,6 +545,34 @@ describe("flexibility: EV charger", function () {
       r.clock.set(slotStart(s0 + 3));
       const resumed = await r.net();
       expectClose(resumed.meterWh - halved.meterWh, resumed.twinWh - halved.twinWh, 3, "charging at full power again");
+    } finally {
+      await r.close();
+    }
+  });
+
+  it("does not offer again what an activation held back: pauses follow the session left alone", async function () {
+    // A short session (the car asks for 1 to 3 kWh at 7.4 kW: under two slots), from 18:00.
+    const spec = house({ ev: { ...EV, needKwh: 2 } });
+    const s0 = slotOf(local(18));
+    const fullSlotWh = (7_400 * SLOT_SECONDS) / 3600; // 1 850 Wh
+    const r = await rig(spec, slotStart(s0), [evConfig()]);
+    try {
+      const state = await r.controller.readState();
+      const ev = state.devices[0];
+      if (ev?.kind !== "ev" || ev.remainingWh === undefined) throw new Error("ev");
+      const needWh = ev.remainingWh;
+      expect(up(r.controller.offersFor(s0))).to.equal(Math.floor(Math.min(fullSlotWh, needWh)));
+
+      // s0 paused whole: the car still needs it all, but left alone it would have had up to a slot's worth.
+      await r.controller.activate(s0, -BigInt(Math.floor(Math.min(fullSlotWh, needWh))));
+      r.clock.set(slotStart(s0 + 1));
+      await r.controller.release();
+      await r.controller.readState();
+      const again = up(r.controller.offersFor(s0 + 1));
+      expectClose(again, Math.max(0, needWh - fullSlotWh), 2, "only what the untouched session would still draw");
+      // A controller that never saw the pause would hold back the same energy once more.
+      expectClose(up(await offersOf(r, evConfig(), s0 + 1)), Math.min(fullSlotWh, needWh), 2);
+      expect(again).to.be.below(Math.min(fullSlotWh, needWh));
     } finally {
       await r.close();
     }
