@@ -10,11 +10,21 @@ export interface FlexibilitySource {
   /** Keeps an activated asset on its target during the slot (called on every step). */
   track?(): Promise<void>;
   /** What the assets can really deliver in `slot`: at most one upward and one downward quantity. */
-  offersFor(slot: number, slotSeconds: number, now: Date): Array<{ slot: number; isUp: boolean; qtyWh: bigint }>;
+  offersFor(slot: number, slotSeconds: number, now: Date): FlexOffer[];
+  /** The offer placed for `slot` (undefined: none), so that later offers allow for its activation. */
+  noteOffer?(slot: number, offer: FlexOffer | undefined): void;
+  /** The clearing of `slot`, known before it starts (+ downward, - upward, 0: not activated). */
+  noteActivation?(slot: number, activatedWh: bigint): void;
   /** Drives the assets through `slot` to deliver `activatedWh` (+ downward: use more, - upward: use less). */
   activate(slot: number, activatedWh: bigint): Promise<unknown>;
   /** Back to automatic operation. */
   release(): Promise<void>;
+}
+
+export interface FlexOffer {
+  slot: number;
+  isUp: boolean;
+  qtyWh: bigint;
 }
 
 /** Prices of flexibility, as fractions of the regulator's band [floor, cap]. */
@@ -29,20 +39,27 @@ export const DEFAULT_FLEX_PRICING: FlexPricing = { upAt: 0.55, downAt: 0.35 };
 
 /**
  * The hour-ahead forecast: the same-slot-on-recent-days forecast, corrected by how far that
- * method was off over the last `recent` metered slots (errors persist for an hour or so: a
- * cloudy morning, a guest's EV).
+ * method was off over the last `recent` metered slots. Such errors persist for a while (a
+ * cloudy morning, a guest's EV) but fade: the correction is weighted by `decay` per slot
+ * between the last metered slot and `slot`, so that a step change (a car that finished
+ * charging earlier than yesterday's) is not carried an hour ahead at full size.
  */
-export function hourAheadForecast(history: SlotHistory, slot: number, recent = 4): number | undefined {
+export function hourAheadForecast(history: SlotHistory, slot: number, recent = 4, decay = 0.85): number | undefined {
   const base = forecastSlot(history, slot);
   if (base === undefined) return undefined;
   const errors: number[] = [];
+  let lastKnown: number | undefined;
   for (let s = slot - 1; s >= slot - 8 && errors.length < recent; s--) {
     const actual = history[String(s)];
     const predicted = forecastSlot(history, s);
-    if (actual !== undefined && predicted !== undefined) errors.push(actual - predicted);
+    if (actual !== undefined && predicted !== undefined) {
+      errors.push(actual - predicted);
+      lastKnown ??= s;
+    }
   }
-  const bias = errors.length === 0 ? 0 : errors.reduce((a, b) => a + b, 0) / errors.length;
-  return base + bias;
+  if (lastKnown === undefined) return base;
+  const bias = errors.reduce((a, b) => a + b, 0) / errors.length;
+  return base + bias * decay ** (slot - lastKnown);
 }
 
 export interface IntradayTraderOptions {
@@ -52,20 +69,32 @@ export interface IntradayTraderOptions {
   flexibility?: FlexibilitySource | undefined;
   pricing: FlexPricing;
   logger: Logger;
+  /**
+   * How long before a slot's gate closure its flexibility offer is placed (default: one slot
+   * length). Forecasts go in when the window opens; the offer waits until the neighbourhood's
+   * forecasts are in the book, so that it goes the way the slot needs, and until the clearing
+   * of the slots before is known, so that the assets can deliver it.
+   */
+  offerLeadSeconds?: number;
 }
 
 /**
- * The household's part in the balancing market: in each slot's window it sends an updated
- * forecast and offers what its assets can deliver; when an offer is activated it drives the
- * assets through the slot over Modbus and lets them go afterwards.
+ * The household's part in the balancing market: when a slot's window opens it sends its
+ * updated forecast; shortly before the slot's gate it offers what its assets can deliver in
+ * the direction the neighbourhood's expected imbalance calls for; when an offer is activated
+ * it drives the assets through the slot over Modbus and lets them go afterwards.
  */
 export class IntradayTrader {
   private slotSeconds = 0;
   private openLeadMs = 0;
   private gateLeadMs = 0;
+  private offerLeadMs = 0;
   private floor = 0n;
   private cap = 0n;
-  private readonly submitted = new Set<number>();
+  private readonly forecast = new Set<number>();
+  private readonly offered = new Set<number>();
+  /** Slots offered whose clearing the assets have not been told of yet. */
+  private readonly awaitingClearing = new Set<number>();
   private active: number | undefined;
   private checked = new Set<number>();
 
@@ -78,62 +107,122 @@ export class IntradayTrader {
     this.slotSeconds = Number(slotSeconds);
     this.openLeadMs = Number(open) * 1000;
     this.gateLeadMs = Number(gate) * 1000;
+    this.offerLeadMs = (this.o.offerLeadSeconds ?? this.slotSeconds) * 1000;
     this.floor = floor;
     this.cap = cap;
   }
 
-  /** Slots whose balancing window is open at `nowMs` and that the agent has not yet served. */
-  dueSlots(nowMs: number): number[] {
+  /** Slots whose balancing window is open at `nowMs`. */
+  private openSlots(nowMs: number): number[] {
     const slotMs = this.slotSeconds * 1000;
-    const due: number[] = [];
+    const open: number[] = [];
     for (let slot = Math.floor(nowMs / slotMs) + 1; slot <= Math.floor(nowMs / slotMs) + 8; slot++) {
       const start = slot * slotMs;
       const opens = Math.floor(start / 3_600_000) * 3_600_000 - this.openLeadMs;
-      const closes = start - this.gateLeadMs;
-      if (nowMs >= opens && nowMs < closes && !this.submitted.has(slot)) due.push(slot);
+      if (nowMs >= opens && nowMs < start - this.gateLeadMs) open.push(slot);
     }
-    return due;
+    return open;
   }
 
-  /** Forecasts and offers for every due slot, then the activation of the slot now running. */
+  /** Whether `slot`'s offer is due at `nowMs` (at most offerLead before its gate). */
+  private offerTime(slot: number, nowMs: number): boolean {
+    return nowMs >= slot * this.slotSeconds * 1000 - this.gateLeadMs - this.offerLeadMs;
+  }
+
+  /** Slots whose window is open at `nowMs` and whose forecast the agent has not sent yet. */
+  dueSlots(nowMs: number): number[] {
+    return this.openSlots(nowMs).filter((s) => !this.forecast.has(s));
+  }
+
+  /** Slots whose offer is due at `nowMs`: inside the window, at most offerLead before the gate. */
+  offerSlots(nowMs: number): number[] {
+    return this.openSlots(nowMs).filter((s) => !this.offered.has(s) && this.offerTime(s, nowMs));
+  }
+
+  /** The activation of the slot now running, the clearings learnt since, forecasts and offers that are due. */
   async step(nowMs: number, history: SlotHistory): Promise<void> {
-    const due = this.dueSlots(nowMs);
-    if (due.length > 0) await this.submit(due, nowMs, history);
     await this.actuate(nowMs);
+    const flex = this.o.flexibility;
+    if (flex !== undefined) await this.learnClearings(nowMs, flex);
+    const due = this.dueSlots(nowMs);
+    if (due.length > 0) await this.submitForecasts(due, history);
+    const offers = flex === undefined ? [] : this.offerSlots(nowMs);
+    if (flex !== undefined && offers.length > 0) await this.offer(offers, nowMs, flex);
   }
 
-  private async submit(slots: number[], nowMs: number, history: SlotHistory): Promise<void> {
+  /** Sends the forecasts of `slots` (a contiguous run) in one transaction; without history for every slot, none. */
+  private async submitForecasts(slots: number[], history: SlotHistory): Promise<void> {
     const { market, account, logger } = this.o;
     try {
       const forecasts = slots.map((s) => hourAheadForecast(history, s));
-      const first = slots[0]!;
-      const contiguous = forecasts.every((f) => f !== undefined) && slots.every((s, i) => s === first + i);
-      if (contiguous) {
-        await (await market.submitForecasts(account, first, forecasts.map((f) => Math.round(f!)))).wait();
+      const complete = forecasts.every((f) => f !== undefined);
+      const wh = forecasts.map((f) => Math.round(f ?? 0));
+      if (complete) await (await market.submitForecasts(account, slots[0]!, wh)).wait();
+      for (const s of slots) this.forecast.add(s);
+      logger({ level: "info", msg: "balancing forecasts sent", slots, forecastsWh: complete ? wh : [] });
+    } catch (e) {
+      logger({ level: "warn", msg: "balancing forecasts failed; will retry", slots, error: shortError(e, market.interface) });
+    }
+  }
+
+  /**
+   * Offers for `slots`: what the assets can deliver, one offer per slot, in the direction
+   * the slot's expected imbalance (the neighbourhood's forecasts minus schedules, in the
+   * book) calls for: short (+) takes upward offers, long (-) downward ones; the other
+   * direction would never be activated, and a downward offer would only tie up escrow.
+   */
+  private async offer(slots: number[], nowMs: number, flex: FlexibilitySource): Promise<void> {
+    const { market, account, logger } = this.o;
+    try {
+      await flex.readState?.();
+      const chosen: FlexOffer[] = [];
+      const imbalancesWh: bigint[] = [];
+      // In order: each slot's offer allows for those chosen before it.
+      for (const s of slots) {
+        const possible = flex.offersFor(s, this.slotSeconds, new Date(nowMs)).filter((x) => x.qtyWh > 0n);
+        const imbalance = possible.length === 0 ? 0n : (await market.book(s)).imbalanceWh;
+        imbalancesWh.push(imbalance);
+        const offer = imbalance === 0n ? undefined : possible.find((x) => x.isUp === imbalance > 0n);
+        flex.noteOffer?.(s, offer);
+        if (offer !== undefined) chosen.push(offer);
       }
-      if (this.o.flexibility) await this.o.flexibility.readState?.();
-      const offers = this.o.flexibility
-        ? slots.flatMap((s) => this.o.flexibility!.offersFor(s, this.slotSeconds, new Date(nowMs))).filter((x) => x.qtyWh > 0n)
-        : [];
-      // One offer per slot: in the direction the neighbourhood's expected imbalance so far
-      // calls for (short: up), else the larger one.
-      const books = await Promise.all(slots.map((s) => market.book(s)));
-      const chosen = slots.flatMap((s, i) => {
-        const forSlot = offers.filter((x) => x.slot === s);
-        if (forSlot.length <= 1) return forSlot;
-        const imbalance = books[i]!.imbalanceWh;
-        if (imbalance === 0n) return [forSlot.reduce((a, b) => (b.qtyWh > a.qtyWh ? b : a))];
-        return forSlot.filter((x) => x.isUp === imbalance > 0n).slice(0, 1);
-      });
       if (chosen.length > 0) {
         const at = (f: number): bigint => this.floor + (BigInt(Math.round(f * 1e6)) * (this.cap - this.floor)) / 1_000_000n;
         const inputs = chosen.map((x) => ({ slot: x.slot, isUp: x.isUp, qtyWh: x.qtyWh, price: at(x.isUp ? this.o.pricing.upAt : this.o.pricing.downAt) }));
         await (await market.placeOffers(account, inputs)).wait();
       }
-      for (const s of slots) this.submitted.add(s);
-      logger({ level: "info", msg: "balancing forecasts and offers sent", slots, offers: chosen.length });
+      for (const s of slots) this.offered.add(s);
+      for (const x of chosen) this.awaitingClearing.add(x.slot);
+      logger({
+        level: "info",
+        msg: "balancing offers sent",
+        slots,
+        imbalancesWh,
+        offers: chosen.map((x) => ({ slot: x.slot, isUp: x.isUp, qtyWh: x.qtyWh })),
+      });
     } catch (e) {
-      logger({ level: "warn", msg: "balancing submission failed; will retry", slots, error: shortError(e, market.interface) });
+      for (const s of slots) flex.noteOffer?.(s, undefined);
+      logger({ level: "warn", msg: "balancing offers failed; will retry", slots, error: shortError(e, market.interface) });
+    }
+  }
+
+  /** Tells the assets how offered slots whose gate has passed were cleared, before they start. */
+  private async learnClearings(nowMs: number, flex: FlexibilitySource): Promise<void> {
+    const slotMs = this.slotSeconds * 1000;
+    for (const slot of [...this.awaitingClearing].sort((a, b) => a - b)) {
+      if (slot * slotMs <= nowMs) {
+        this.awaitingClearing.delete(slot); // started: actuate() has it
+        continue;
+      }
+      if (nowMs < slot * slotMs - this.gateLeadMs) continue;
+      try {
+        const [book, [activated]] = await Promise.all([this.o.market.book(slot), this.o.market.activationOf(slot, this.o.account)]);
+        if (!book.cleared) continue; // not yet: the offer still counts as possibly activated
+        flex.noteActivation?.(slot, activated);
+        this.awaitingClearing.delete(slot);
+      } catch (e) {
+        this.o.logger({ level: "warn", msg: "balancing result unreadable; will retry", slot, error: shortError(e) });
+      }
     }
   }
 
@@ -151,6 +240,7 @@ export class IntradayTrader {
     try {
       const [activated] = await this.o.market.activationOf(current, this.o.account);
       this.checked.add(current);
+      if (activated === 0n) flex.noteActivation?.(current, 0n); // an offer not taken up: nothing to allow for
       if (activated !== 0n) {
         await flex.activate(current, activated);
         this.active = current;
@@ -160,5 +250,6 @@ export class IntradayTrader {
       this.o.logger({ level: "warn", msg: "activation failed; will retry", slot: current, error: shortError(e) });
     }
     if (this.checked.size > 4 * SLOTS_PER_DAY) this.checked = new Set([current]);
+    for (const set of [this.forecast, this.offered]) if (set.size > 4 * SLOTS_PER_DAY) for (const s of set) if (s < current) set.delete(s);
   }
 }
