@@ -12,7 +12,7 @@ import path from "node:path";
 import { formatUnits } from "ethers";
 import { jsonLineLogger } from "../log.js";
 import type { SlotReport } from "../master/masterAgent.js";
-import { abs, imbalanceAfter, imbalanceBefore } from "../simulator/dayFigures.js";
+import { abs, imbalanceAfter, imbalanceBefore, imbalanceWithoutFlexibility } from "../simulator/dayFigures.js";
 import { withSimulatedMarket } from "../simulator/marketRun.js";
 import { formatTable, parseCli, runCli } from "./common.js";
 
@@ -52,7 +52,7 @@ runCli(async () => {
     },
     async (run) => {
       const result = await run();
-      const { reports, households, settlement, market } = result;
+      const { reports, households, settlement, market, automaticNetWh } = result;
 
       const sum = (f: (r: SlotReport) => bigint): bigint => reports.reduce((a, r) => a + f(r), 0n);
       const demand = sum((r) => r.demandWh);
@@ -69,8 +69,9 @@ runCli(async () => {
             ["real-time demand (upward deviations)", kwh(demand)],
             ["real-time supply (downward deviations)", kwh(sum((r) => r.supplyWh))],
             ["real-time traded locally", `${kwh(local)} (${demand === 0n ? 0 : Number((local * 1000n) / demand) / 10}% of real-time demand)`],
-            ["imbalance before balancing (sum over slots of |metered - day-ahead|)", kwh(imbalanceBefore(reports))],
-            ["imbalance after balancing (sum over slots of |metered - schedule|)", kwh(imbalanceAfter(reports))],
+            ["imbalance before balancing (sum over slots of |metered - day-ahead|, activated flexibility undone)", kwh(imbalanceBefore(reports))],
+            ["imbalance after balancing (sum over slots of |metered - day-ahead|: left to the slack unit)", kwh(imbalanceAfter(reports))],
+            ["imbalance with no flexibility activated (the day simulated again, devices automatic)", kwh(imbalanceWithoutFlexibility(automaticNetWh))],
             ["flexibility activated", kwh(sum((r) => abs(r.activatedWh)))],
             ["supplied by the slack unit", kwh(sum((r) => r.slackSuppliedWh))],
             ["absorbed by the slack unit", kwh(sum((r) => r.slackAbsorbedWh))],

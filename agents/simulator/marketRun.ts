@@ -68,6 +68,13 @@ export interface SimulatedMarketOptions {
 export interface SimulatedMarketResult {
   households: Household[];
   reports: SlotReport[];
+  /**
+   * Per reported slot, the neighbourhood's net energy (Wh, + import) had no flexibility been
+   * activated: each house simulated a second time from the same start with its devices left
+   * automatic. A figure only a simulation has (what the slack unit would have covered
+   * without the balancing market, later effects of activations included); agents never see it.
+   */
+  automaticNetWh: Map<number, bigint>;
   dayAhead: DayAheadSlotResult[];
   market: MarketContracts;
   settlement: Settlement;
@@ -130,6 +137,17 @@ export async function withSimulatedMarket<T>(
       rmSync(stateDir, { recursive: true, force: true });
       mkdirSync(stateDir, { recursive: true });
       const meters: RunningMeter[] = await startMeterServers(members, clock);
+      const twins = meters.map((m) => new HouseholdSimulator(m.member.spec, new Date(clock.now())));
+      const automaticNetWh = new Map<number, bigint>();
+      /** The twins' net energy in `slot` (slots come in order). */
+      const automaticNet = (slot: number): bigint => {
+        const net = (t: HouseholdSimulator, ms: number) => {
+          t.advanceTo(new Date(ms));
+          return t.registers.importWh - t.registers.exportWh;
+        };
+        const wh = twins.reduce((a, t) => a - net(t, slotStartMs(slot, slotSeconds)) + net(t, slotStartMs(slot + 1, slotSeconds)), 0);
+        return BigInt(Math.round(wh));
+      };
       cleanups.push(() => Promise.all(meters.map((m) => m.server.close())).then(() => {}));
       const inbox = new ReadingInbox(logger);
       const inboxUrl = await inbox.listen();
@@ -242,6 +260,7 @@ export async function withSimulatedMarket<T>(
       const record = (r: SlotReport | undefined): void => {
         if (r === undefined || r.slot < daySlot) return; // the slot before the day only sets baselines
         reports.push(r);
+        automaticNetWh.set(r.slot, automaticNet(r.slot));
         options.onSlot?.(r);
       };
       const slots = options.slots ?? 96;
@@ -258,7 +277,7 @@ export async function withSimulatedMarket<T>(
       await jump(slotStartMs(lastSlot + 1, slotSeconds) + Number(await settlement.readingWindow()) * 1000 + 1000);
       record(await master.settleSlot(lastSlot));
       clearInterval(timer);
-      return { households, reports, dayAhead, market, settlement };
+      return { households, reports, automaticNetWh, dayAhead, market, settlement };
     };
     return await use(run);
   } finally {
