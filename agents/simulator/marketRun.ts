@@ -181,9 +181,9 @@ export async function withSimulatedMarket<T>(
             : undefined,
         });
         await agent.init();
-        // The agent forecasts from its own metered history; it starts with the day before the
+        // The agent forecasts from its own metered history; it starts with the week before the
         // demo's day, simulated, as if it had been running since then.
-        for (const [slot, wh] of previousDay(m.member, daySlot, slotSeconds)) agent.recordHistory(slot, wh);
+        for (const [slot, wh] of previousDays(m.member, daySlot, slotSeconds)) agent.recordHistory(slot, wh);
         agents.push(agent);
         if (options.intraday ?? true) {
           const assets = assetsOfSimulatedHousehold(m.member.spec);
@@ -307,10 +307,18 @@ function strategyOf(i: number): PriceStrategy {
   return { ...DEFAULT_STRATEGY, buyAt: 0.5 + 0.05 * (i % 5), sellAt: 0.2 + 0.05 * (i % 4) };
 }
 
-/** Net energy per slot of `member`'s household on the day before `daySlot`, from the simulator. */
-function previousDay(member: NeighbourhoodMember, daySlot: number, slotSeconds: number): Array<[number, number]> {
-  const first = daySlot - 96;
-  const sim = new HouseholdSimulator(member.spec, new Date(slotStartMs(first, slotSeconds)));
+/**
+ * Net energy per slot of `member`'s household on the `days` days before `daySlot`, from the
+ * simulator. A week, so that the forecasts average over days of both kinds (the demo's
+ * midsummer day may follow a Sunday) and over more than one day's weather. The simulation
+ * starts a day earlier, so that the battery and the EV are in their daily rhythm: started
+ * at midnight, a fresh simulator would charge the car from scratch overnight.
+ */
+function previousDays(member: NeighbourhoodMember, daySlot: number, slotSeconds: number, days = 7): Array<[number, number]> {
+  const slotsPerDay = 86_400 / slotSeconds;
+  const first = daySlot - days * slotsPerDay;
+  const sim = new HouseholdSimulator(member.spec, new Date(slotStartMs(first - slotsPerDay, slotSeconds)));
+  sim.advanceTo(new Date(slotStartMs(first, slotSeconds)));
   const out: Array<[number, number]> = [];
   let { importWh, exportWh } = sim.registers;
   for (let slot = first; slot < daySlot; slot++) {
