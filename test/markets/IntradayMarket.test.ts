@@ -17,7 +17,7 @@ import { OfferBookError, readOffers } from "../../agents/markets/offerBook.js";
 import { readBook } from "../../agents/markets/orderBook.js";
 import { ceilDiv, Kind } from "../contracts/helpers/market.js";
 import { signReading } from "../contracts/helpers/readings.js";
-import { CAP, type DayAhead, deployDayAhead, eventsOf, FLOOR } from "./helpers/dayAhead.js";
+import { CAP, type DayAhead, deployDayAhead, deployIntraday, eventsOf, FLOOR } from "./helpers/dayAhead.js";
 
 /**
  * IntradayMarket: deployment and bounds, forecasts (forecast minus the day-ahead schedule, a real
@@ -54,20 +54,7 @@ async function deploy() {
     ],
   });
   const { market } = da;
-  const intraday: IntradayMarket = await ethers.deployContract("IntradayMarket", [
-    await market.token.getAddress(),
-    await market.registry.getAddress(),
-    da.address,
-    market.settlementAddress,
-    market.admin.address,
-    SLOT_SECONDS,
-    OPEN_LEAD,
-    GATE_LEAD,
-    FLOOR,
-    CAP,
-  ]);
-  const address = await intraday.getAddress();
-  await market.settlement.connect(market.admin).setMarkets(da.address, address);
+  const { intraday, address } = await deployIntraday(da, { slotSeconds: SLOT_SECONDS, openLead: OPEN_LEAD, gateLead: GATE_LEAD, floor: FLOOR, cap: CAP });
   for (const p of market.participants.values()) {
     if (p.name !== "noapp") await market.token.connect(p.signer).approve(address, MaxUint256);
   }
@@ -197,11 +184,17 @@ describe("IntradayMarket", () => {
       expect(await intraday.window(slot - 1n)).to.deep.equal([hour - 7_200n, hour - 1_800n]);
     });
 
-    it("is the settlement's balancing source, with MARKET_ROLE", async () => {
+    it("is the settlement's balancing source, with MARKET_ROLE, and may add activations to day-ahead schedules (BALANCING_ROLE)", async () => {
       const { m, address, da } = await fixture();
       expect(await m.settlement.intradayMarket()).to.equal(address);
       expect(await m.settlement.dayAheadMarket()).to.equal(da.address);
       expect(await m.settlement.hasRole(await m.settlement.MARKET_ROLE(), address)).to.equal(true);
+      const BALANCING_ROLE = await da.dayAhead.BALANCING_ROLE();
+      expect(await da.dayAhead.hasRole(BALANCING_ROLE, address)).to.equal(true);
+      // Nobody else may write activations into schedules.
+      await expect(da.dayAhead.connect(m.outsider).recordActivations(1n, [m.outsider.address], [1n]))
+        .to.be.revertedWithCustomError(da.dayAhead, "AccessControlUnauthorizedAccount")
+        .withArgs(m.outsider.address, BALANCING_ROLE);
     });
   });
 
@@ -519,7 +512,7 @@ describe("IntradayMarket", () => {
     });
 
     it("covers a long system with the downward offers that pay most; their cost goes into the slot's settlement pool", async () => {
-      const { m, intraday, address, slot, a, place, forecast, inWindow, inClearing, clearingOf, expectEscrow } = await fixture();
+      const { da, m, intraday, address, slot, a, place, forecast, inWindow, inClearing, clearingOf, expectEscrow } = await fixture();
       await inWindow(slot);
       await forecast("alice", slot, [-400n]);
       await forecast("bob", slot, [-200n]);
@@ -566,6 +559,11 @@ describe("IntradayMarket", () => {
       expect(await intraday.activationOf(slot, a("erin"))).to.deep.equal([267n, 250_001n]);
       expect(await intraday.activationOf(slot, a("dave"))).to.deep.equal([0n, 250_001n]);
       expect(await intraday.slotResult(slot)).to.deep.equal([0n, 600n, 0n, 250_001n]);
+      // The activations (+ downward) joined the day-ahead schedules, which settlement reads (no day-ahead clearing here).
+      await expect(tx).to.emit(da.dayAhead, "ActivationsRecorded").withArgs(slot, address, 2n);
+      expect(await da.dayAhead.scheduleOf(slot, a("frank"))).to.deep.equal([0n, 0n, 333n]);
+      expect(await da.dayAhead.scheduleOf(slot, a("erin"))).to.deep.equal([0n, 0n, 267n]);
+      expect(await da.dayAhead.scheduleOf(slot, a("dave"))).to.deep.equal([0n, 0n, 0n]);
       await expectEscrow(0n);
     });
 
@@ -819,7 +817,7 @@ describe("IntradayMarket", () => {
   });
 
   describe("a slot settled end to end", () => {
-    it("pays the activated upward provider its activation at the balancing price; one that did not deliver pays the imbalance; tokens and energy conserved", async () => {
+    it("pays the activated upward provider its activation at the balancing price into its deposit; one that did not deliver pays the imbalance; tokens and energy conserved", async () => {
       const { da, m, intraday, address, slot, a, place, forecast, inWindow, inClearing, clearingOf, starts } = await fixture();
       const settlement = m.settlement;
       const supply = await m.token.totalSupply();
@@ -850,9 +848,15 @@ describe("IntradayMarket", () => {
       await inClearing(slot);
       const c = await clearingOf(slot);
       expect([c.ups, c.upActivationsWh, c.price, c.volumeWh]).to.deep.equal([[a("carol"), a("erin"), a("dave")], [500n, 100n, 0n], 180_000n, 600n]);
-      await intraday.clear(c);
+      await expect(intraday.clear(c)).to.emit(da.dayAhead, "ActivationsRecorded").withArgs(slot, address, 2n);
       await expectSupplyHeld("after the balancing clearing");
       const upPrice = 180_000n;
+      // The activations joined the day-ahead schedules (- upward): the day-ahead award, its price, the activation.
+      expect(await da.dayAhead.scheduleOf(slot, a("carol"))).to.deep.equal([0n, 150_000n, -500n]);
+      expect(await da.dayAhead.scheduleOf(slot, a("erin"))).to.deep.equal([0n, 150_000n, -100n]);
+      expect(await da.dayAhead.scheduleOf(slot, a("alice"))).to.deep.equal([1_000n, 150_000n, 0n]);
+      expect(await da.dayAhead.scheduleOf(slot, a("dave"))).to.deep.equal([0n, 150_000n, 0n]);
+      expect((await da.dayAhead.orderOf(slot, a("carol"))).activatedWh).to.equal(-500n);
 
       // Baseline readings at the end of the slot before, then the slot's own readings.
       const registers: Record<string, [bigint, bigint]> = {
@@ -903,11 +907,13 @@ describe("IntradayMarket", () => {
         return ceilDiv(local * devPrice + (d - local) * retail, 1000n);
       };
 
-      // carol: activated 500 Wh up and delivered them; paid 500 Wh at the balancing price, by transfer.
+      // carol: activated 500 Wh up and delivered them; paid 500 Wh at the balancing price, into her
+      // deposit (settlement pays earnings into deposits; the wallet does not move until a withdrawal).
       const carolPay = upPaymentOf(500n, upPrice);
       expect(carolPay).to.equal(90_000n);
       expect([...bills.get(a("carol"))!]).to.deep.equal([a("carol"), slot, 0n, carolPay, 0n, 0n]);
-      expect((await m.token.balanceOf(a("carol"))) - balancesBefore.get("carol")!).to.equal(carolPay);
+      expect((await settlement.accountState(a("carol"))).deposit - depositsBefore.get("carol")!).to.equal(carolPay);
+      expect(await m.token.balanceOf(a("carol"))).to.equal(balancesBefore.get("carol"));
       // erin: activated 100 Wh up, delivered nothing: deviation +100 at the imbalance price, netted with her activation's pay.
       const erinPay = upPaymentOf(100n, upPrice);
       const erinBill = buyerBill(100n);
@@ -920,7 +926,8 @@ describe("IntradayMarket", () => {
       expect([...bills.get(a("alice"))!]).to.deep.equal([a("alice"), slot, 600n, 0n, aliceBill, 0n]);
       const bobPay = (1_000n * 150_000n) / 1000n;
       expect([...bills.get(a("bob"))!]).to.deep.equal([a("bob"), slot, 0n, bobPay, 0n, 0n]);
-      expect((await m.token.balanceOf(a("bob"))) - balancesBefore.get("bob")!).to.equal(bobPay);
+      expect((await settlement.accountState(a("bob"))).deposit - depositsBefore.get("bob")!).to.equal(bobPay);
+      expect(await m.token.balanceOf(a("bob"))).to.equal(balancesBefore.get("bob"));
       for (const name of ["dave", "frank"]) expect([...bills.get(a(name))!]).to.deep.equal([a(name), slot, 0n, 0n, 0n, 0n]);
 
       // Energy: what the neighbourhood metered is what the slack unit supplied less what it absorbed.

@@ -1,12 +1,11 @@
 import { expect } from "chai";
 import { network } from "hardhat";
 import { encodeBytes32String, id, MaxUint256, Wallet, type Signer } from "ethers";
-import type { IntradayMarket } from "../../agents/chain/types/index.js";
 import { balancingCallFor, downCostOf, downEscrowOf, type BalancingClearingCall, type BalancingOffer } from "../../agents/markets/balancingClearing.js";
 import { readOffers } from "../../agents/markets/offerBook.js";
 import { Kind, ONE } from "../contracts/helpers/market.js";
 import { Rng } from "../contracts/helpers/random.js";
-import { CAP, decodeRevert, deployDayAhead, eventsOf, FLOOR, type DayAhead } from "./helpers/dayAhead.js";
+import { CAP, decodeRevert, deployDayAhead, deployIntraday, eventsOf, FLOOR, type DayAhead } from "./helpers/dayAhead.js";
 
 /**
  * IntradayMarket.clear against the reference balancing clearing on thousands of random books and
@@ -97,20 +96,7 @@ describe("IntradayMarket clearing property", function () {
       walletTokens: 100_000n * ONE,
     });
     const { market } = da;
-    const intraday: IntradayMarket = await ethers.deployContract("IntradayMarket", [
-      await market.token.getAddress(),
-      await market.registry.getAddress(),
-      da.address,
-      market.settlementAddress,
-      market.admin.address,
-      SLOT_SECONDS,
-      OPEN_LEAD,
-      GATE_LEAD,
-      FLOOR,
-      CAP,
-    ]);
-    const address = await intraday.getAddress();
-    await market.settlement.connect(market.admin).setMarkets(da.address, address);
+    const { intraday, address } = await deployIntraday(da, { slotSeconds: SLOT_SECONDS, openLead: OPEN_LEAD, gateLead: GATE_LEAD, floor: FLOOR, cap: CAP });
     const token = market.token;
     const tokenAddress = await token.getAddress();
     const traders: Trader[] = names.map((n) => ({ address: market.p(n).address, signer: market.p(n).signer }));

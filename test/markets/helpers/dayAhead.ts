@@ -2,7 +2,7 @@ import type { HardhatEthers, HardhatEthersSigner } from "@nomicfoundation/hardha
 import type { NetworkHelpers } from "@nomicfoundation/hardhat-network-helpers/types";
 import { expect } from "chai";
 import { MaxUint256, ZeroAddress, type ContractTransactionReceipt, type Interface, type LogDescription } from "ethers";
-import type { DayAheadMarket } from "../../../agents/chain/types/index.js";
+import type { DayAheadMarket, IntradayMarket } from "../../../agents/chain/types/index.js";
 import { escrowOf } from "../../../agents/markets/dayAheadClearing.js";
 import { deployMarket, FEED_IN, RETAIL, type Market, type MarketOptions } from "../../contracts/helpers/market.js";
 
@@ -137,6 +137,41 @@ async function connectToSettlement(market: Market, dayAhead: string): Promise<vo
   const fragment = (settlement.interface as Interface).getFunction("setMarkets(address,address)");
   if (fragment !== null) await settlement.getFunction("setMarkets(address,address)")(dayAhead, ZeroAddress);
   else await settlement.getFunction("setScheduleSource(address)")(dayAhead);
+}
+
+export interface IntradayParams {
+  slotSeconds: bigint;
+  /** A slot's balancing window opens this long before the start of its hour. */
+  openLead: bigint;
+  /** ...and closes this long before the slot starts. */
+  gateLead: bigint;
+  floor: bigint;
+  cap: bigint;
+}
+
+/**
+ * Deploys an IntradayMarket on `da` and wires it as the Ignition module does: BALANCING_ROLE on
+ * the day-ahead market (its activations join the day-ahead schedules, which settlement reads),
+ * and setMarkets(dayAhead, intraday) on the settlement (MARKET_ROLE, to pay into slots' pools).
+ */
+export async function deployIntraday(da: DayAhead, params: IntradayParams): Promise<{ intraday: IntradayMarket; address: string }> {
+  const { market } = da;
+  const intraday: IntradayMarket = await da.ethers.deployContract("IntradayMarket", [
+    await market.token.getAddress(),
+    await market.registry.getAddress(),
+    da.address,
+    market.settlementAddress,
+    market.admin.address,
+    params.slotSeconds,
+    params.openLead,
+    params.gateLead,
+    params.floor,
+    params.cap,
+  ]);
+  const address = await intraday.getAddress();
+  await da.dayAhead.connect(market.admin).grantRole(await da.dayAhead.BALANCING_ROLE(), address);
+  await market.settlement.connect(market.admin).setMarkets(da.address, address);
+  return { intraday, address };
 }
 
 /** Events named `name` that `contract` (at `address`) emitted in `receipt`. */
