@@ -9,9 +9,12 @@ const { ethers, networkHelpers } = await network.create();
 
 const MAX_REGISTER = 2n ** 40n - 1n;
 const MAX_DELTA = 2n ** 32n - 1n;
-/** A slot's net energy (import - export) is stored in 32 signed bits. */
-const MAX_NET = 2n ** 31n - 1n;
-const MIN_NET = -(2n ** 31n);
+/**
+ * A reading's net energy (import - export) must lie within +-2^30 Wh, so that a deviation from
+ * schedules (netted over up to MAX_SCHEDULE_GAP slots) still fits the account's 32 signed bits.
+ */
+const MAX_NET = 2n ** 30n;
+const MIN_NET = -(2n ** 30n);
 
 /** Alice (consumer), Bob and Carol (prosumers) and the slack unit, each with a deposit. */
 async function deployLedger(): Promise<Market> {
@@ -375,7 +378,7 @@ describe("MeterLedger (through Settlement)", function () {
         .withArgs(slot + 1n, future);
     });
 
-    it("refuses registers beyond 40 bits, slot energy beyond 32 bits and net energy beyond int32 (ReadingOutOfRange)", async function () {
+    it("refuses registers beyond 40 bits, slot energy beyond 32 bits and net energy beyond +-2^30 Wh (ReadingOutOfRange)", async function () {
       const { market, settlement, slot } = await fixture();
       await market.inWindow(slot);
       await expect(market.submit(await market.sign("alice", slot, MAX_REGISTER + 1n, 0n)))
@@ -397,8 +400,8 @@ describe("MeterLedger (through Settlement)", function () {
       await expect(market.submit(await market.sign("bob", slot + 1n, 0n, MAX_DELTA + 1n)))
         .to.be.revertedWithCustomError(settlement, "ReadingOutOfRange")
         .withArgs(slot + 1n);
-      // The slot's net energy must fit 32 signed bits: 2^32 - 1 Wh of import alone is refused, and
-      // so are 2^31 Wh of net import and 2^31 + 1 Wh of net export.
+      // The reading's net energy must lie within +-2^30 Wh: 2^32 - 1 Wh of import alone is refused, and
+      // so are 2^30 + 1 Wh of net import and 2^30 + 1 Wh of net export.
       await expect(market.submit(await market.sign("alice", slot + 1n, MAX_REGISTER, MAX_REGISTER)))
         .to.be.revertedWithCustomError(settlement, "ReadingOutOfRange")
         .withArgs(slot + 1n);
@@ -408,7 +411,8 @@ describe("MeterLedger (through Settlement)", function () {
       await expect(market.submit(await market.sign("bob", slot + 1n, 0n, -MIN_NET + 1n)))
         .to.be.revertedWithCustomError(settlement, "ReadingOutOfRange")
         .withArgs(slot + 1n);
-      // The largest deltas are fine when they net within int32, and so is the largest register.
+      // The largest deltas are fine when they net within +-2^30 Wh, and so is the largest register;
+      // exactly 2^30 Wh of net import is fine.
       await expect(market.submit(await market.sign("carol", slot + 1n, MAX_REGISTER, MAX_REGISTER)))
         .to.emit(settlement, "ReadingRecorded")
         .withArgs(market.p("carol").address, slot + 1n, MAX_REGISTER, MAX_REGISTER, MAX_DELTA, MAX_DELTA);
@@ -421,14 +425,23 @@ describe("MeterLedger (through Settlement)", function () {
       expect((await settlement.accountState(market.p("carol").address)).deviationWh).to.equal(0n);
       expect((await settlement.accountState(market.p("bob").address)).deviationWh).to.equal(MAX_NET);
       expect((await settlement.accountState(market.p("alice").address)).deviationWh).to.equal(MAX_NET);
-      // Beyond 40 bits also after the baseline; one more Wh of net import than int32 holds; the most net export.
+      // Beyond 40 bits also after the baseline; one more Wh of net import than 2^30 (and far more);
+      // the most net export, exactly 2^30 Wh.
       await market.inWindow(slot + 2n);
       await expect(market.submit(await market.sign("alice", slot + 2n, MAX_REGISTER + 1n, MAX_REGISTER)))
+        .to.be.revertedWithCustomError(settlement, "ReadingOutOfRange")
+        .withArgs(slot + 2n);
+      const aliceImport = MAX_REGISTER - MAX_DELTA + MAX_NET;
+      await expect(market.submit(await market.sign("alice", slot + 2n, aliceImport + MAX_NET + 1n, MAX_REGISTER)))
         .to.be.revertedWithCustomError(settlement, "ReadingOutOfRange")
         .withArgs(slot + 2n);
       await expect(market.submit(await market.sign("alice", slot + 2n, MAX_REGISTER, MAX_REGISTER)))
         .to.be.revertedWithCustomError(settlement, "ReadingOutOfRange")
         .withArgs(slot + 2n);
+      // Within the bound, alice's next reading is fine.
+      await expect(market.submit(await market.sign("alice", slot + 2n, aliceImport + MAX_NET, MAX_REGISTER)))
+        .to.emit(settlement, "ReadingRecorded")
+        .withArgs(market.p("alice").address, slot + 2n, aliceImport + MAX_NET, MAX_REGISTER, MAX_NET, 0n);
       await expect(market.submit(await market.sign("bob", slot + 2n, MAX_DELTA, MAX_DELTA - MAX_NET - MIN_NET)))
         .to.emit(settlement, "ReadingRecorded")
         .withArgs(market.p("bob").address, slot + 2n, MAX_DELTA, MAX_DELTA - MAX_NET - MIN_NET, 0n, -MIN_NET);
