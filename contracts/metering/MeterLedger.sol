@@ -127,8 +127,10 @@ abstract contract MeterLedger is IMeterLedger, EIP712 {
             if (importWh < a.importWh || exportWh < a.exportWh) {
                 revert ReadingRegisterDecreased(slot, importWh, exportWh, a.importWh, a.exportWh);
             }
-            importDelta = importWh - a.importWh;
-            exportDelta = exportWh - a.exportWh;
+            unchecked {
+                importDelta = importWh - a.importWh; // not below, checked above
+                exportDelta = exportWh - a.exportWh;
+            }
         }
         if (importWh > type(uint40).max || exportWh > type(uint40).max) revert ReadingOutOfRange(slot);
         if (importDelta > type(uint32).max || exportDelta > type(uint32).max) revert ReadingOutOfRange(slot);

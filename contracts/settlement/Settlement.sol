@@ -408,7 +408,9 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
         int256 deviationWh = netWh - scheduled;
         if (deviationWh > 0) s.demandWh += uint40(uint256(deviationWh));
         else if (deviationWh < 0) s.supplyWh += uint40(uint256(-deviationWh));
-        s.readings += 1;
+        unchecked {
+            s.readings += 1; // one per participant
+        }
         a.deviationWh = SafeCast.toInt32(deviationWh);
         a.earned = SafeCast.toUint48(earned);
     }
@@ -438,41 +440,46 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
         uint256 demand = uint256(s.demandWh) + s.downWh;
         uint256 supply = uint256(s.supplyWh) + s.upWh;
         uint256 local = Math.min(demand, supply);
-        if (deviation > 0) {
-            uint256 n = uint256(deviation);
-            uint256 localWh = n * local / demand;
-            // Short system (upward flexibility bought): a deviation up pays at least that price.
-            uint256 price = s.upWh > 0 ? Math.max(s.price, s.upPrice) : s.price;
-            uint256 cost = Math.ceilDiv(localWh * price + (n - localWh) * s.retailPrice, 1000);
-            uint256 paid = Math.min(cost, a.deposit + earned);
-            netted = Math.min(paid, earned);
-            a.deposit -= uint48(paid - netted);
-            b.depositChange -= int256(paid - netted);
-            s.localWh += uint40(localWh);
-            s.pool += int112(int256(paid));
-            b.poolChange += int256(paid);
-            amount = int256(cost);
-            shortfall = cost - paid;
-            if (shortfall > 0) {
-                uint256 debt = _debt[account] + shortfall;
-                _debt[account] = debt;
-                a.inDebt = true;
-                emit ParticipantInDebt(account, slot, shortfall, debt);
+        // Bounded operands (deviation 32 bits, prices 48, energies 41): no overflow to check.
+        unchecked {
+            if (deviation > 0) {
+                uint256 n = uint256(deviation);
+                uint256 localWh = n * local / demand;
+                // Short system (upward flexibility bought): a deviation up pays at least that price.
+                uint256 price = s.upWh > 0 ? Math.max(s.price, s.upPrice) : s.price;
+                uint256 cost = Math.ceilDiv(localWh * price + (n - localWh) * s.retailPrice, 1000);
+                uint256 paid = Math.min(cost, uint256(a.deposit) + earned);
+                netted = Math.min(paid, earned);
+                a.deposit -= uint48(paid - netted); // paid <= deposit + earned
+                b.depositChange -= int256(paid - netted);
+                s.localWh = SafeCast.toUint40(uint256(s.localWh) + localWh);
+                s.pool += int112(int256(paid)); // |pool| < 2^80: readings * 2^31 Wh * 2^48 / 1000
+                b.poolChange += int256(paid);
+                amount = int256(cost);
+                shortfall = cost - paid;
+            } else if (deviation < 0) {
+                uint256 n = uint256(-deviation);
+                uint256 localWh = n * local / supply;
+                // Long system (downward flexibility sold): a deviation down gets at most that price.
+                uint256 price = s.downWh > 0 ? Math.min(s.price, s.downPrice) : s.price;
+                uint256 revenue = (localWh * price + (n - localWh) * s.feedInPrice) / 1000;
+                earned += revenue;
+                amount = -int256(revenue);
             }
-        } else if (deviation < 0) {
-            uint256 n = uint256(-deviation);
-            uint256 localWh = n * local / supply;
-            // Long system (downward flexibility sold): a deviation down gets at most that price.
-            uint256 price = s.downWh > 0 ? Math.min(s.price, s.downPrice) : s.price;
-            uint256 revenue = (localWh * price + (n - localWh) * s.feedInPrice) / 1000;
-            earned += revenue;
-            amount = -int256(revenue);
+        }
+        if (shortfall > 0) {
+            uint256 debt = _debt[account] + shortfall;
+            _debt[account] = debt;
+            a.inDebt = true;
+            emit ParticipantInDebt(account, slot, shortfall, debt);
         }
         if (earned > 0) {
             s.pool -= int112(int256(earned));
             b.poolChange -= int256(earned);
         }
-        s.billed += 1;
+        unchecked {
+            s.billed += 1; // at most readings
+        }
         a.billed = true;
         emit Billed(account, slot, deviation, a.earned, amount, shortfall);
         uint256 payout = earned - netted;
