@@ -22,6 +22,8 @@ export function extraBalanceColumns(market: MarketContracts, token: TokenInfo): 
   const amount = (units: bigint): string => `${formatUnits(units, token.decimals)} ${token.symbol}`;
   return [
     { header: "in escrow (deposit)", value: async (account) => amount((await market.settlement.accountState(account)).deposit) },
+    // Earnings are paid into the deposit; this much of it can go to the wallet now (npm run withdraw).
+    { header: "withdrawable", value: async (account) => amount(await market.settlement.withdrawable(account)) },
     { header: "debt", value: async (account) => amount((await market.settlement.accountState(account)).debt) },
   ];
 }

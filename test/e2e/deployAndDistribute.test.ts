@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { expect } from "chai";
-import { formatUnits, Wallet } from "ethers";
+import { formatUnits, id, Wallet } from "ethers";
 import {
   distribute,
   DistributionConflictError,
@@ -194,7 +194,8 @@ describe("deploy and distribute on a real hardhat node (e2e)", function () {
     const one = await runCli("balance.ts", [p.account, "--rpc", node.url, "--deployment", deployment.deploymentDir]);
     expect(one.code, one.stderr).to.equal(0);
     const row = one.stdout.split("\n").find((l) => l.includes(p.account));
-    expect(row).to.match(new RegExp(`^\\s*1\\s+${p.account}\\s+prosumer\\s+active\\s+${formatUnits(p.amount, 6).replace(".", "\\.")} ${symbol}\\s+0\\.0 ${symbol}\\s+0\\.0 ${symbol}$`));
+    // wallet, deposit, withdrawable, debt
+    expect(row).to.match(new RegExp(`^\\s*1\\s+${p.account}\\s+prosumer\\s+active\\s+${formatUnits(p.amount, 6).replace(".", "\\.")} ${symbol}\\s+0\\.0 ${symbol}\\s+0\\.0 ${symbol}\\s+0\\.0 ${symbol}$`));
 
     const all = await runCli("balance.ts", ["--all", "--rpc", node.url, "--token", deployment.addresses.energyToken, "--registry", deployment.addresses.participantRegistry, "--settlement", deployment.addresses.settlement, "--day-ahead", deployment.addresses.dayAheadMarket, "--intraday", deployment.addresses.intradayMarket]);
     expect(all.code, all.stderr).to.equal(0);
@@ -208,6 +209,39 @@ describe("deploy and distribute on a real hardhat node (e2e)", function () {
     const unknown = await runCli("balance.ts", ["--all", "--rpc", "http://127.0.0.1:1", "--deployment", deployment.deploymentDir]);
     expect(unknown.code).to.equal(1);
     expect(unknown.stderr).to.match(/^error: http:\/\/127\.0\.0\.1:1: no JSON-RPC answer/);
+  });
+
+  it("withdraw CLI moves free deposit to the participant's wallet, and refuses more than is free before sending", async () => {
+    const symbol = await market.energyToken.symbol();
+    // A participant of its own, with a key: registered, and 30 tokens deposited for it.
+    const holder = Wallet.createRandom();
+    const m = market; // bound to the deployer: admin of the registry, minter of the token
+    await (await m.participantRegistry.register({ account: holder.address, meterId: id("withdraw-e2e"), meterKey: Wallet.createRandom().address, kind: kindValue("consumer") })).wait();
+    await (await m.energyToken.mint(DEPLOYER.address, 30_000_000n)).wait();
+    await (await m.energyToken.approve(await m.settlement.getAddress(), 30_000_000n)).wait();
+    await (await m.settlement.depositFor(holder.address, 30_000_000n)).wait();
+    await (await new Wallet(DEPLOYER.privateKey, m.provider).sendTransaction({ to: holder.address, value: 10n ** 18n })).wait();
+    const args = ["--rpc", node.url, "--deployment", deployment.deploymentDir];
+    const env = { MARKET_PRIVATE_KEY: holder.privateKey };
+
+    const part = await runCli("withdraw.ts", ["12.5", ...args], env);
+    expect(part.code, part.stderr).to.equal(0);
+    expect(part.stdout).to.include(`withdrew 12.5 ${symbol}`).and.include(`wallet 12.5 ${symbol}, deposit 17.5 ${symbol}`);
+    expect(await market.energyToken.balanceOf(holder.address)).to.equal(12_500_000n);
+
+    const nonce = await market.provider.getTransactionCount(holder.address);
+    const tooMuch = await runCli("withdraw.ts", ["17.6", ...args], env);
+    expect(tooMuch.code).to.equal(1);
+    expect(tooMuch.stderr).to.include(`error: 17.6 ${symbol} asked, but only 17.5 ${symbol} is free to withdraw`);
+    const bad = await runCli("withdraw.ts", ["12,5", ...args], env);
+    expect(bad.code).to.equal(1);
+    expect(bad.stderr).to.include(`amount: "12,5" is not an amount of ${symbol}`);
+    expect(await market.provider.getTransactionCount(holder.address)).to.equal(nonce);
+
+    const rest = await runCli("withdraw.ts", ["--all", ...args], env);
+    expect(rest.code, rest.stderr).to.equal(0);
+    expect(rest.stdout).to.include(`withdrew 17.5 ${symbol}`).and.include(`wallet 30.0 ${symbol}, deposit 0.0 ${symbol}`);
+    expect((await market.settlement.accountState(holder.address)).deposit).to.equal(0n);
   });
 
   it("stops a node: the process is gone and the port no longer answers", async () => {
