@@ -221,6 +221,35 @@ export class Market {
     return out;
   }
 
+  /** The address of a participant called `who`, or `who` itself when it is an address. */
+  addressOf(who: string): string {
+    return this.participants.get(who)?.address ?? who;
+  }
+
+  /** The escrow deposits of `who` (participant names or addresses), at block `blockTag` (default: the latest). */
+  async depositsOf(who: string[], blockTag?: number): Promise<bigint[]> {
+    return Promise.all(who.map(async (w) => (await this.settlement.accountState(this.addressOf(w), { blockTag })).deposit));
+  }
+
+  /**
+   * Checks that `tx` changed the escrow deposits of `who` (participant names or addresses) by
+   * exactly `changes` (base units, in order): the deposits in the block before the transaction's
+   * against those in its own block, as changeTokenBalances does for wallets. Settlement pays
+   * earnings and revenue into deposits, so this is where payouts show.
+   */
+  async expectDepositChanges(
+    tx: Promise<ContractTransactionResponse> | ContractTransactionResponse,
+    who: string[],
+    changes: bigint[],
+  ): Promise<void> {
+    if (who.length !== changes.length) throw new Error("expectDepositChanges: one change per account");
+    const receipt = await (await tx).wait();
+    if (receipt === null) throw new Error("no receipt");
+    const [before, after] = await Promise.all([this.depositsOf(who, receipt.blockNumber - 1), this.depositsOf(who, receipt.blockNumber)]);
+    const moved = after.map((x, i) => x - (before[i] as bigint));
+    expect(moved, `deposit changes of ${who.join(", ")}`).to.deep.equal(changes);
+  }
+
   /** token.balanceOf(settlement) + badDebt == totalDeposits + openPool. */
   async expectIdentity(): Promise<void> {
     const [balance, badDebt, totalDeposits, openPool] = await Promise.all([

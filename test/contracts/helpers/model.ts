@@ -1,8 +1,9 @@
 /**
  * A reference model of the Settlement contract, written from its NatSpec (schedules and
  * deviations, netted over missed slots, pricing, pro-rata shares, rounding, lazy billing,
- * scheduled sales paid from the pool, slot closing with the slack unit, debt and bad debt), for
- * the randomized property test. It also models the test schedule source
+ * scheduled sales and deviation revenue paid from the pool into the seller's deposit, its debt
+ * repaid first, slot closing with the slack unit, debt and bad debt), for the randomized
+ * property test. It also models the test schedule source
  * (contracts/test/TestScheduleSource.sol), which stands in for the day-ahead market: schedules
  * per slot and account, and schedule payments. There is no intra-day market in the model (its
  * slot results stay zero). It keeps its own copy of every account, slot, total and token
@@ -11,6 +12,13 @@
  *
  * Every operation works on a copy (`clone`) so that a predicted revert leaves the model as it was,
  * just as a reverted transaction leaves the chain.
+ *
+ * Like the contract, each transaction (a batch of readings, a settle, a withdrawal) keeps the
+ * totals of at most two slots "cached" (Settlement._cached): a complete slot closes when it leaves
+ * that cache (the least recently used one makes room for a third) or when the transaction ends,
+ * not at its last bill; and the slack unit's positive residuals are transferred together at the
+ * end. That timing shows in the events: a payout that repays a debt credits the slack unit before
+ * or after a slot's negative residual is taken from the slack unit's deposit.
  */
 
 export interface ModelAccount {
@@ -67,11 +75,21 @@ const UINT32_MAX = 2n ** 32n - 1n;
 const UINT48_MAX = 2n ** 48n - 1n;
 const INT32_MAX = 2n ** 31n - 1n;
 const INT32_MIN = -(2n ** 31n);
-/** Prices fit 48 bits (Settlement.MAX_PRICE). */
-export const MAX_PRICE = 2n ** 48n - 1n;
+/** A reading's net energy must lie within +-2^30 Wh (MeterLedger.MAX_NET_WH). */
+const MAX_NET_WH = 2n ** 30n;
+/** The largest price (Settlement.MAX_PRICE). */
+export const MAX_PRICE = 2n ** 28n;
 /** How many slots back a reading nets schedules when its meter missed readings (Settlement.MAX_SCHEDULE_GAP). */
 export const MAX_SCHEDULE_GAP = 8n;
 const ZERO_ADDRESS = "0x0000000000000000000000000000000000000000";
+
+/** A reading as the meter signs it. */
+export interface ModelReading {
+  account: string;
+  slot: bigint;
+  importWh: bigint;
+  exportWh: bigint;
+}
 
 /** A schedule as the schedule source returns it. */
 export interface ModelSchedule {
@@ -85,6 +103,17 @@ function ceilDiv(a: bigint, b: bigint): bigint {
 
 function min(a: bigint, b: bigint): bigint {
   return a < b ? a : b;
+}
+
+/**
+ * The slots one transaction has touched (at most two, the least recently used one is stored, and
+ * closed if complete, to make room) and the slack unit's positive residuals, paid at its end.
+ */
+interface ModelBatch {
+  first: bigint | undefined;
+  second: bigint | undefined;
+  firstIsNewer: boolean;
+  slackPayout: bigint;
 }
 
 function emptyAccount(): ModelAccount {
@@ -121,6 +150,8 @@ export class SettlementModel {
   schedules = new Map<string, ModelSchedule>();
   /** Events of the current operation. */
   events: ModelEvent[] = [];
+  /** The slots the current transaction has touched, while one runs. */
+  private batch: ModelBatch | undefined;
 
   constructor(
     readonly settlement: string,
@@ -248,19 +279,16 @@ export class SettlementModel {
   withdraw(account: string, amount: bigint, now: bigint): void {
     if (amount === 0n) throw new ModelRevert("SettlementZeroAmount", []);
     const a = this.account(account);
-    const pending = a.lastSlot;
-    // An account without any reading has nothing pending (see the "accounts without a reading" tests).
-    const billNow = a.lastSlot !== 0n && !a.billed && now > this.deadline(pending);
-    const payout = billNow ? this.bill(account) : 0n;
+    this.openBatch();
+    // A final slot not billed yet is billed first, so that the deposit is exact. An account
+    // without any reading has nothing pending (see the "accounts without a reading" tests).
+    if (a.lastSlot !== 0n && !a.billed && now > this.deadline(a.lastSlot)) this.bill(account);
     const free = this.free(account);
     if (amount > free) throw new ModelRevert("SettlementWithdrawExceedsFree", [amount, free]);
     a.deposit -= amount;
     this.totalDeposits -= amount;
     this.events.push({ name: "Withdrawn", args: [account, amount] });
-    if (billNow) {
-      if (payout > 0n) this.transfer(this.settlement, account, payout);
-      this.closeIfComplete(pending);
-    }
+    this.closeBatch();
     this.transfer(this.settlement, account, amount);
   }
 
@@ -314,8 +342,23 @@ export class SettlementModel {
     this.transfer(from, to, amount);
   }
 
-  /** Records a reading already known to be validly signed by an active, non-slack participant. */
+  /**
+   * submitReadings: records readings already known to be validly signed by active, non-slack
+   * participants, in one transaction; returns what each one did.
+   */
+  submitReadings(readings: ModelReading[], now: bigint): ("recorded" | "noop")[] {
+    this.openBatch();
+    const out = readings.map((r) => this.recordOne(r.account, r.slot, r.importWh, r.exportWh, now));
+    this.closeBatch();
+    return out;
+  }
+
+  /** submitReading: one reading in a transaction of its own. */
   record(account: string, slot: bigint, importWh: bigint, exportWh: bigint, now: bigint): "recorded" | "noop" {
+    return this.submitReadings([{ account, slot, importWh, exportWh }], now)[0] as "recorded" | "noop";
+  }
+
+  private recordOne(account: string, slot: bigint, importWh: bigint, exportWh: bigint, now: bigint): "recorded" | "noop" {
     const endsAt = (slot + 1n) * this.slotSeconds;
     if (now < endsAt) throw new ModelRevert("ReadingSlotNotEnded", [slot, endsAt]);
     if (now > endsAt + this.readingWindow) throw new ModelRevert("ReadingTooLate", [slot, endsAt + this.readingWindow]);
@@ -336,11 +379,11 @@ export class SettlementModel {
     const exportDelta = baseline ? 0n : exportWh - a.exportWh;
     if (importDelta > UINT32_MAX || exportDelta > UINT32_MAX) throw new ModelRevert("ReadingOutOfRange", [slot]);
     const netWh = importDelta - exportDelta;
-    if (netWh > INT32_MAX || netWh < INT32_MIN) throw new ModelRevert("ReadingOutOfRange", [slot]);
+    if (netWh > MAX_NET_WH || netWh < -MAX_NET_WH) throw new ModelRevert("ReadingOutOfRange", [slot]);
 
+    // The previous slot is final by now: it is billed on the way in.
     const billedSlot = a.lastSlot;
-    const billNow = !baseline && !a.billed;
-    const payout = billNow ? this.bill(account) : 0n;
+    if (!baseline && !a.billed) this.bill(account);
     a.lastSlot = slot;
     a.billed = baseline;
     a.importWh = importWh;
@@ -350,45 +393,45 @@ export class SettlementModel {
     if (!baseline) {
       // The schedules in force when the reading arrives, of its slot and of the slots it missed
       // (up to MAX_SCHEDULE_GAP): its deviation goes into the slot's totals.
-      const s = this.slot(slot);
+      const s = this.touch(slot);
       const { scheduledWh, earned } = this.covered(account, billedSlot, slot);
-      if (earned > UINT48_MAX) throw new ModelRevert("SafeCastOverflowedUintDowncast", [48n, earned]);
-      a.deviationWh = netWh - scheduledWh;
-      a.earned = earned;
-      if (a.deviationWh > 0n) s.demandWh += a.deviationWh;
-      else if (a.deviationWh < 0n) s.supplyWh += -a.deviationWh;
+      const deviationWh = netWh - scheduledWh;
+      if (deviationWh > 0n) s.demandWh += deviationWh;
+      else if (deviationWh < 0n) s.supplyWh += -deviationWh;
       s.readings += 1n;
+      // Stored in 32 signed bits, earnings in 48 unsigned ones.
+      if (deviationWh > INT32_MAX || deviationWh < INT32_MIN) throw new ModelRevert("SafeCastOverflowedIntDowncast", [32n, deviationWh]);
+      if (earned > UINT48_MAX) throw new ModelRevert("SafeCastOverflowedUintDowncast", [48n, earned]);
+      a.deviationWh = deviationWh;
+      a.earned = earned;
     }
     this.events.push({ name: "ReadingRecorded", args: [account, slot, importWh, exportWh, importDelta, exportDelta] });
-    if (billNow) {
-      if (payout > 0n) this.transfer(this.settlement, account, payout);
-      this.closeIfComplete(billedSlot);
-    }
     return "recorded";
   }
 
   settle(slot: bigint, accounts: string[], now: bigint): void {
     const deadline = this.deadline(slot);
     if (now <= deadline) throw new ModelRevert("SettlementSlotNotFinal", [slot, deadline]);
+    this.openBatch();
+    this.touch(slot); // closes at the end if complete, even with nobody left to bill
     for (const account of accounts) {
       const a = this.account(account);
-      if (a.lastSlot !== slot || a.billed) continue;
-      const payout = this.bill(account);
-      if (payout > 0n) this.transfer(this.settlement, account, payout);
+      if (a.lastSlot !== slot || a.lastSlot === 0n || a.billed) continue;
+      this.bill(account);
     }
-    this.closeIfComplete(slot);
+    this.closeBatch();
   }
 
   /**
-   * Bills `account`'s pending slot; returns the payout to transfer to it. The scheduled sales its
-   * reading covers are paid what they earn from the pool; the deviation is billed at the slot's
-   * real-time prices, and an upward deviation is paid from the scheduled revenue first, then from
-   * the deposit.
+   * Bills `account`'s pending slot. The scheduled sales its reading covers are paid what they earn
+   * from the pool; the deviation is billed at the slot's real-time prices, and an upward deviation
+   * is paid from the scheduled revenue first, then from the deposit. What is left of the revenue
+   * (and a downward deviation's revenue) is paid into the deposit, repaying its debt first.
    */
-  private bill(account: string): bigint {
+  private bill(account: string): void {
     const a = this.account(account);
     const slot = a.lastSlot;
-    const s = this.slot(slot);
+    const s = this.touch(slot);
     if (!s.priced) this.price(slot, s);
     const demand = s.demandWh;
     const supply = s.supplyWh;
@@ -426,7 +469,67 @@ export class SettlementModel {
     s.billed += 1n;
     a.billed = true;
     this.events.push({ name: "Billed", args: [account, slot, deviation, a.earned, amount, shortfall] });
-    return earned - netted;
+    const payout = earned - netted;
+    if (payout > 0n) this.payOut(account, payout);
+  }
+
+  /**
+   * Pays `amount` from a pool into `account`'s deposit: its debt first, if it has any (credited
+   * to the slack unit, which had covered it); beyond the 48-bit deposit, to its wallet.
+   */
+  private payOut(account: string, amount: bigint): void {
+    const a = this.account(account);
+    if (a.debt > 0n) {
+      const repaid = min(a.debt, amount);
+      a.debt -= repaid;
+      amount -= repaid;
+      this.events.push({ name: "DebtRepaid", args: [account, repaid, a.debt] });
+      const slack = this.slack;
+      if (slack === undefined) throw new ModelRevert("SettlementNoSlackUnit", []);
+      this.credit(slack, repaid);
+    }
+    const room = UINT48_MAX - a.deposit;
+    if (amount > room) {
+      this.transfer(this.settlement, account, amount - room);
+      amount = room;
+    }
+    a.deposit += amount;
+    this.totalDeposits += amount;
+  }
+
+  // ------------------------------------------------------------------ one transaction's slots
+
+  private openBatch(): void {
+    this.batch = { first: undefined, second: undefined, firstIsNewer: false, slackPayout: 0n };
+  }
+
+  /** Settlement._cached: `slot` joins the transaction's two slots, the less recently used one leaving (closed if complete). */
+  private touch(slot: bigint): ModelSlot {
+    const b = this.batch;
+    if (b === undefined) throw new Error("model: a slot touched outside a transaction");
+    if (b.first === slot) {
+      b.firstIsNewer = true;
+    } else if (b.second === slot) {
+      b.firstIsNewer = false;
+    } else {
+      const intoFirst = !b.firstIsNewer;
+      const leaving = intoFirst ? b.first : b.second;
+      if (leaving !== undefined) this.closeIfComplete(leaving);
+      if (intoFirst) b.first = slot;
+      else b.second = slot;
+      b.firstIsNewer = intoFirst;
+    }
+    return this.slot(slot);
+  }
+
+  /** Settlement._closeBatch: closes the cached slots if complete (first, then second), then pays the slack unit. */
+  private closeBatch(): void {
+    const b = this.batch;
+    if (b === undefined) throw new Error("model: no transaction to end");
+    if (b.first !== undefined) this.closeIfComplete(b.first);
+    if (b.second !== undefined) this.closeIfComplete(b.second);
+    this.batch = undefined;
+    if (b.slackPayout > 0n) this.transfer(this.settlement, this.slack as string, b.slackPayout);
   }
 
   private price(slot: bigint, s: ModelSlot): void {
@@ -466,7 +569,8 @@ export class SettlementModel {
         rest -= repaid;
         this.events.push({ name: "DebtRepaid", args: [slack, repaid, sa.debt] });
       }
-      if (rest > 0n) this.transfer(this.settlement, slack, rest);
+      // Transferred when the transaction ends, with any other slot's.
+      if (rest > 0n) (this.batch as ModelBatch).slackPayout += rest;
     } else if (residual < 0n) {
       const owed = -residual;
       const sa = this.account(slack);

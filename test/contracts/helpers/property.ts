@@ -26,8 +26,11 @@ import type { SignedReading } from "./readings.js";
  * balance and event equal to the model's. Independently of the model, from the events and token
  * transfers: each bill carries the deviation and the scheduled earnings the test's own meters and
  * its record of the awards give, no (account, slot) is billed twice, no award is covered twice,
- * and what settlement transfers to a billed account is exactly its scheduled earnings (floor(|q| *
- * P / 1000) per sale) plus its deviation revenue, less what its upward deviation took from them.
+ * settlement transfers a participant only what it withdraws (earnings are paid into deposits),
+ * and each participant's deposit moves by exactly what the transaction's events say: its deposits,
+ * less its withdrawals and the debt it repaid, plus for each bill its scheduled earnings
+ * (floor(|q| * P / 1000) per sale) less what its deviation cost (revenue counting as a negative
+ * cost), except what it could not pay (the shortfall, which becomes debt).
  * After every closed slot: energy conservation on deviations (demand = supply + slack supplied -
  * slack absorbed, from the test's meters and awards) and token conservation (schedule payments +
  * buyers' payments - scheduled and deviation revenue = the slack unit's residual). At the end,
@@ -52,6 +55,8 @@ export interface ScenarioStats {
   nettedSellerBills: number;
   /** Slots closed without any reading (a schedule payment nobody metered). */
   unreadClosedSlots: number;
+  /** Payouts (earnings or revenue) of which a participant in debt repaid its debt first. */
+  payoutRepayments: number;
 }
 
 /** The events the model predicts; all the settlement emits in these scenarios. */
@@ -111,6 +116,7 @@ export async function runScenario(market: Market, seed: number): Promise<Scenari
     scheduledSellerBills: 0,
     nettedSellerBills: 0,
     unreadClosedSlots: 0,
+    payoutRepayments: 0,
   };
   const source = market.scheduleSource;
   const sourceAddress = await source.getAddress();
@@ -171,6 +177,9 @@ export async function runScenario(market: Market, seed: number): Promise<Scenari
     return q < 0n ? (-q * (awardPrice.get(slot) ?? 0n)) / 1000n : 0n;
   };
 
+  /** Each participant's deposit as the chain had it after the last step (none at the start). */
+  const seenDeposits = new Map<string, bigint>();
+
   const relayers: HardhatEthersSigner[] = [market.relayer, market.outsider, market.admin, ...chosen.map((p) => p.signer)];
 
   /** Runs one transaction at the next second, checking it against the model. */
@@ -223,39 +232,61 @@ export async function runScenario(market: Market, seed: number): Promise<Scenari
     expect(canonical(chainEvents), `${where}: events`).to.deep.equal(canonical(next.events));
     model = next;
     for (const e of events) onEvent(e, where);
-    checkPayouts(events, paidOut, where);
-    await checkState(where);
+    const changes = depositChanges(events, paidOut, where);
+    await checkState(where, changes);
     return true;
   }
 
   /**
-   * Independently of the model: what settlement transferred to each account billed in this
-   * transaction (less what it withdrew) is its scheduled revenue plus its deviation revenue, less
-   * what its upward deviation took from that scheduled revenue.
+   * Independently of the model, from one transaction's events and transfers: settlement sent each
+   * participant exactly what it withdrew (earnings and revenue are paid into deposits, not
+   * wallets); returns how each participant's deposit must have moved: + its deposits - its
+   * withdrawals - the debt it repaid (out of a deposit or a payout) + for each bill its scheduled
+   * earnings less the bill's amount (a revenue when negative), except the shortfall it could not pay.
    */
-  function checkPayouts(events: LogDescription[], paidOut: Map<string, bigint>, where: string): void {
+  function depositChanges(events: LogDescription[], paidOut: Map<string, bigint>, where: string): Map<string, bigint> {
+    const change = new Map<string, bigint>();
+    const add = (account: string, amount: bigint) => change.set(account, (change.get(account) ?? 0n) + amount);
     const withdrawn = new Map<string, bigint>();
-    for (const e of events) if (e.name === "Withdrawn") withdrawn.set(e.args[0] as string, e.args[1] as bigint);
     const seen = new Set<string>();
     for (const e of events) {
-      if (e.name !== "Billed") continue;
-      const [account, slot, , sched, amount, shortfall] = e.args as unknown as [string, bigint, bigint, bigint, bigint, bigint];
-      expect(seen.has(account), `${where}: ${account} billed twice in one transaction`).to.equal(false);
-      seen.add(account);
-      let expected: bigint;
-      if (amount > 0n) {
-        const paid = amount - shortfall;
-        const netted = paid < sched ? paid : sched;
-        expected = sched - netted;
-        if (sched > 0n && netted > 0n) stats.nettedSellerBills += 1;
-      } else {
-        expected = sched - amount;
+      if (e.name === "Deposited") {
+        add(e.args[0] as string, e.args[2] as bigint);
+      } else if (e.name === "Withdrawn") {
+        const [account, amount] = e.args as unknown as [string, bigint];
+        add(account, -amount);
+        withdrawn.set(account, (withdrawn.get(account) ?? 0n) + amount);
+      } else if (e.name === "DebtRepaid") {
+        add(e.args[0] as string, -(e.args[1] as bigint));
+      } else if (e.name === "Billed") {
+        const [account, slot, , sched, amount, shortfall] = e.args as unknown as [string, bigint, bigint, bigint, bigint, bigint];
+        expect(seen.has(account), `${where}: ${account} billed twice in one transaction`).to.equal(false);
+        seen.add(account);
+        expect(shortfall === 0n || amount > 0n, `${where}: a shortfall on a bill of ${account} that asked for nothing`).to.equal(true);
+        add(account, sched - amount + shortfall);
+        if (amount > 0n) {
+          const paid = amount - shortfall;
+          const netted = paid < sched ? paid : sched;
+          if (sched > 0n && netted > 0n) stats.nettedSellerBills += 1;
+        }
+        billed.set(`${slot}:${account}`, sched);
+        if (sched > 0n) stats.scheduledSellerBills += 1;
       }
-      const received = (paidOut.get(account) ?? 0n) - (withdrawn.get(account) ?? 0n);
-      expect(received, `${where}: payout to ${account} for slot ${slot} (scheduled revenue ${sched}, bill ${amount})`).to.equal(expected);
-      billed.set(`${slot}:${account}`, sched);
-      if (sched > 0n) stats.scheduledSellerBills += 1;
     }
+    // A participant's debt repaid without a deposit of its own was repaid out of a payout.
+    const depositors = new Set(events.filter((e) => e.name === "Deposited").map((e) => e.args[0] as string));
+    for (const e of events) {
+      if (e.name === "DebtRepaid" && e.args[0] !== slack?.address && !depositors.has(e.args[0] as string)) {
+        expect(seen.has(e.args[0] as string), `${where}: ${e.args[0]} repaid debt without a deposit or a bill`).to.equal(true);
+        stats.payoutRepayments += 1;
+      }
+    }
+    for (const p of chosen) {
+      expect(paidOut.get(p.address) ?? 0n, `${where}: tokens settlement sent ${p.name} (its withdrawals only)`).to.equal(
+        withdrawn.get(p.address) ?? 0n,
+      );
+    }
+    return change;
   }
 
   function onEvent(e: LogDescription, where: string): void {
@@ -352,7 +383,11 @@ export async function runScenario(market: Market, seed: number): Promise<Scenari
     }
   }
 
-  async function checkState(where: string): Promise<void> {
+  /**
+   * Checks the chain against the model and the identities; `changes` are the deposit changes this
+   * step's events explain (none for a refused step), checked against the deposits seen last time.
+   */
+  async function checkState(where: string, changes = new Map<string, bigint>()): Promise<void> {
     const [balance, badDebt, totalDeposits, openPool, supply] = await Promise.all([
       token.balanceOf(market.settlementAddress),
       settlement.badDebt(),
@@ -372,6 +407,12 @@ export async function runScenario(market: Market, seed: number): Promise<Scenari
         [s.lastSlot, s.billed, s.importWh, s.exportWh, s.deviationWh, s.earned, s.deposit, s.debt],
         `${where}: account ${p.name}`,
       ).to.deep.equal([m.lastSlot, m.billed, m.importWh, m.exportWh, m.deviationWh, m.earned, m.deposit, m.debt]);
+      if (p !== slack) {
+        expect(s.deposit - (seenDeposits.get(p.address) ?? 0n), `${where}: ${p.name}'s deposit moved as the events say`).to.equal(
+          changes.get(p.address) ?? 0n,
+        );
+        seenDeposits.set(p.address, s.deposit);
+      }
       const before = observedRegisters.get(p.address);
       if (before !== undefined) {
         expect(s.importWh >= before[0] && s.exportWh >= before[1], `${where}: registers of ${p.name} never decrease`).to.equal(true);
@@ -555,7 +596,10 @@ export async function runScenario(market: Market, seed: number): Promise<Scenari
         `readings of slot ${slot} (${batch.length})`,
         () => market.submitBatch(batch, relayer),
         (m) => {
-          for (const s of batch) m.record(s.reading.account, slot, s.reading.importWh, s.reading.exportWh, now + 1n);
+          m.submitReadings(
+            batch.map((s) => s.reading),
+            now + 1n,
+          );
         },
       );
       if (ok) sent.push(...batch);
