@@ -324,11 +324,15 @@ describe("Settlement", function () {
       expect((await settlement.slotState(T)).pool).to.equal(112_500n);
       await market.expectIdentity();
 
-      // Bob's withdrawal bills him, pays him by transfer and closes the slot.
+      // Bob's withdrawal bills him, pays his revenue into his deposit, closes the slot and sends
+      // him what he withdrew; the revenue is free at once.
       const tx2 = settlement.connect(bob.signer).withdraw(ONE);
       await expect(tx2).to.emit(settlement, "Billed").withArgs(bob.address, T, -3_000n, 0n, -212_500n, 0n);
       await expect(tx2).to.emit(settlement, "SlotClosed").withArgs(T, 1_000n, 0n, 2_000n, -100_000n);
-      await expect(tx2).to.changeTokenBalances(ethers, token, [bob.address], [212_500n + ONE]);
+      await expect(tx2).to.emit(settlement, "Withdrawn").withArgs(bob.address, ONE);
+      await expect(tx2).to.changeTokenBalances(ethers, token, [bob.address, market.settlementAddress], [ONE, -ONE]);
+      await market.expectDepositChanges(tx2, ["bob", "slack"], [212_500n - ONE, -100_000n]);
+      expect(await settlement.withdrawable(bob.address)).to.equal(DEPOSIT + 212_500n - ONE);
       await market.expectIdentity();
       await market.expectDepositsSum();
     });
@@ -345,17 +349,13 @@ describe("Settlement", function () {
       await expect(tx).to.emit(settlement, "SlotPriced").withArgs(T, 112_500n, 1_000n, 3_000n);
       await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, 1_000n, 0n, 112_500n, 0n);
       await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -3_000n, 0n, -212_500n, 0n);
-      await expect(tx).to.emit(token, "Transfer").withArgs(market.settlementAddress, a("bob"), 212_500n);
       // Residual -100_000 comes out of the slack unit's deposit; it supplied 0 and absorbed 2_000 Wh.
       await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 1_000n, 0n, 2_000n, -100_000n);
-      await expect(tx).to.changeTokenBalances(
-        ethers,
-        token,
-        [a("alice"), a("bob"), a("slack"), market.settlementAddress],
-        [0n, 212_500n, 0n, -212_500n],
-      );
+      // Bob's revenue is paid into his deposit: no tokens move at all.
+      await expect(tx).not.to.emit(token, "Transfer");
+      await market.expectDepositChanges(tx, ["alice", "bob", "slack"], [-112_500n, 212_500n, -100_000n]);
       expect((await settlement.accountState(a("alice"))).deposit).to.equal(DEPOSIT - 112_500n);
-      expect((await settlement.accountState(a("bob"))).deposit).to.equal(DEPOSIT);
+      expect((await settlement.accountState(a("bob"))).deposit).to.equal(DEPOSIT + 212_500n);
       expect((await settlement.accountState(a("slack"))).deposit).to.equal(SLACK_DEPOSIT - 100_000n);
       const s = await settlement.slotState(T);
       expect([s.priced, s.closed, s.price, s.feedInPrice, s.retailPrice, s.pool]).to.deep.equal([
@@ -385,12 +385,14 @@ describe("Settlement", function () {
       // Residual +600_000 (2_000 Wh sold by the slack unit at retail) is transferred to the slack unit.
       await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 1_000n, 2_000n, 0n, 600_000n);
       await expect(tx).to.emit(token, "Transfer").withArgs(market.settlementAddress, a("slack"), 600_000n);
+      // Only the slack unit is paid by transfer; bob's revenue goes into his deposit.
       await expect(tx).to.changeTokenBalances(
         ethers,
         token,
         [a("bob"), a("slack"), market.settlementAddress],
-        [237_500n, 600_000n, -837_500n],
+        [0n, 600_000n, -600_000n],
       );
+      await market.expectDepositChanges(tx, ["alice", "bob", "slack"], [-837_500n, 237_500n, 0n]);
       expect((await settlement.accountState(a("alice"))).deposit).to.equal(DEPOSIT - 837_500n);
       expect((await settlement.accountState(a("slack"))).deposit).to.equal(SLACK_DEPOSIT);
       await market.expectIdentity();
@@ -406,7 +408,8 @@ describe("Settlement", function () {
       await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, 2_000n, 0n, 350_000n, 0n);
       await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -2_000n, 0n, -350_000n, 0n);
       await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 2_000n, 0n, 0n, 0n);
-      await expect(tx).to.changeTokenBalances(ethers, token, [a("slack"), market.settlementAddress], [0n, -350_000n]);
+      await expect(tx).not.to.emit(token, "Transfer");
+      await market.expectDepositChanges(tx, ["alice", "bob", "slack"], [-350_000n, 350_000n, 0n]);
       expect((await settlement.accountState(a("slack"))).deposit).to.equal(SLACK_DEPOSIT);
       await market.expectIdentity();
     });
@@ -445,14 +448,12 @@ describe("Settlement", function () {
       await expect(tx).to.emit(settlement, "Billed").withArgs(a("dave"), T, 667n, 0n, 88_786n, 0n);
       await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -2_001n, 0n, -182_828n, 0n);
       await expect(tx).to.emit(settlement, "Billed").withArgs(a("carol"), T, -7n, 0n, -599n, 0n);
-      await expect(tx).to.emit(token, "Transfer").withArgs(market.settlementAddress, a("bob"), 182_828n);
-      await expect(tx).to.emit(token, "Transfer").withArgs(market.settlementAddress, a("carol"), 599n);
       await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 1_000n, 0n, 1_008n, -50_315n);
-      await expect(tx).to.changeTokenBalances(
-        ethers,
-        token,
-        [a("alice"), a("dave"), a("bob"), a("carol"), a("slack"), market.settlementAddress],
-        [0n, 0n, 182_828n, 599n, 0n, -183_427n],
+      await expect(tx).not.to.emit(token, "Transfer");
+      await market.expectDepositChanges(
+        tx,
+        ["alice", "dave", "bob", "carol", "slack"],
+        [-44_326n, -88_786n, 182_828n, 599n, -50_315n],
       );
       expect((await settlement.accountState(a("alice"))).deposit).to.equal(DEPOSIT - 44_326n);
       expect((await settlement.accountState(a("dave"))).deposit).to.equal(DEPOSIT - 88_786n);
@@ -481,8 +482,9 @@ describe("Settlement", function () {
         ethers,
         token,
         [a("bob"), a("slack"), market.settlementAddress],
-        [324_999n, 450_084n, -775_083n],
+        [0n, 450_084n, -450_084n],
       );
+      await market.expectDepositChanges(tx, ["alice", "dave", "bob", "slack"], [-258_633n, -516_450n, 324_999n, 0n]);
       await market.expectIdentity();
     });
 
@@ -535,7 +537,8 @@ describe("Settlement", function () {
       const second = market.readSlot(T + 2n, { bob: [BASE_IMPORT, BASE_EXPORT + 2_400n] });
       await expect(second).to.emit(settlement, "Billed").withArgs(a("bob"), T, -1_000n, 0n, -237_500n, 0n);
       await expect(second).to.emit(settlement, "SlotClosed").withArgs(T, 1_000n, 2_000n, 0n, 600_000n);
-      await expect(second).to.changeTokenBalances(ethers, token, [a("bob"), a("slack")], [237_500n, 600_000n]);
+      await expect(second).to.changeTokenBalances(ethers, token, [a("bob"), a("slack")], [0n, 600_000n]);
+      await market.expectDepositChanges(second, ["bob", "slack"], [237_500n, 0n]);
       s = await settlement.slotState(T);
       expect([s.billed, s.closed, s.pool]).to.deep.equal([2n, true, 0n]);
       expect((await settlement.accountState(a("bob"))).deviationWh).to.equal(-1_400n);
@@ -615,25 +618,56 @@ describe("Settlement", function () {
       await expect(settlement.settle(T - 5n, [])).not.to.emit(settlement, "SlotClosed");
     });
 
-    it("when escrow cannot fund a seller's payout, billing reverts as a whole and resumes once funded", async function () {
+    it("a seller is paid into its deposit even when escrow holds too little at that moment; its withdrawal waits until escrow is funded, and the identity holds throughout", async function () {
+      // Before 710e43f the seller's payout was a transfer, and billing reverted as a whole while
+      // the escrow was short. Crediting a deposit needs no liquidity: the slot's pool goes negative
+      // until its buyers are billed, and only a withdrawal needs the tokens.
       const { market, settlement, token, slot, a } = await fixture();
+      const bob = market.p("bob");
       // Everyone takes the deposit out: the escrow is empty.
       for (const name of ["alice", "bob", "carol", "dave"]) await settlement.connect(market.p(name).signer).withdraw(DEPOSIT);
       await settlement.connect(market.p("slack").signer).withdraw(SLACK_DEPOSIT);
       expect(await token.balanceOf(market.settlementAddress)).to.equal(0n);
+      // Surplus: alice +1_000 (p = 112_500, she owes 112_500), bob -3_000 (revenue 212_500).
       const T = await meteredSlot(market, slot, { alice: [1_000n, 0n], bob: [0n, 3_000n] });
-      const bobsNext = await market.sign("bob", T + 1n, BASE_IMPORT, BASE_EXPORT + 3_500n);
-      await market.inWindow(T + 1n);
-      await expect(market.submit(bobsNext)).to.be.revertedWithCustomError(token, "ERC20InsufficientBalance");
-      await expect(settlement.settle(T, [a("alice"), a("bob")])).to.be.revertedWithCustomError(token, "ERC20InsufficientBalance");
-      // Nothing was recorded half-way.
-      expect((await settlement.accountState(a("bob"))).lastSlot).to.equal(T);
-      expect((await settlement.slotState(T)).billed).to.equal(0n);
-      // Once the slack unit funds the escrow, the reading goes through and bills bob's slot.
-      await settlement.connect(market.p("slack").signer).deposit(ONE);
-      await expect(market.submit(bobsNext)).to.emit(settlement, "Billed").withArgs(a("bob"), T, -3_000n, 0n, -212_500n, 0n);
+      const bobsNext = market.readSlot(T + 1n, { bob: [BASE_IMPORT, BASE_EXPORT + 3_500n] });
+      await expect(bobsNext).to.emit(settlement, "Billed").withArgs(bob.address, T, -3_000n, 0n, -212_500n, 0n);
+      await expect(bobsNext).not.to.emit(token, "Transfer");
+      await market.expectDepositChanges(bobsNext, ["bob"], [212_500n]);
+      expect((await settlement.accountState(bob.address)).lastSlot).to.equal(T + 1n);
+      expect(await token.balanceOf(market.settlementAddress)).to.equal(0n);
+      expect([await settlement.totalDeposits(), await settlement.openPool()]).to.deep.equal([212_500n, -212_500n]);
+      expect((await settlement.slotState(T)).pool).to.equal(-212_500n);
       await market.expectIdentity();
-      await expect(settlement.settle(T, [a("alice")])).to.emit(settlement, "ParticipantInDebt").withArgs(a("alice"), T, 112_500n, 112_500n);
+      await market.expectDepositsSum();
+
+      // The revenue is free, but the escrow cannot pay it out yet: the withdrawal reverts and changes nothing.
+      expect(await settlement.withdrawable(bob.address)).to.equal(212_500n);
+      await expect(settlement.connect(bob.signer).withdraw(212_500n))
+        .to.be.revertedWithCustomError(token, "ERC20InsufficientBalance")
+        .withArgs(market.settlementAddress, 0n, 212_500n);
+      expect((await settlement.accountState(bob.address)).deposit).to.equal(212_500n);
+
+      // Alice, billed with nothing deposited, owes her bill; the slot closes and the slack unit, with
+      // nothing deposited either, owes the whole residual as bad debt. The identity still holds.
+      const close = settlement.settle(T, [a("alice")]);
+      await expect(close).to.emit(settlement, "ParticipantInDebt").withArgs(a("alice"), T, 112_500n, 112_500n);
+      await expect(close).to.emit(settlement, "SlotClosed").withArgs(T, 1_000n, 0n, 2_000n, -212_500n);
+      await expect(close).to.emit(settlement, "ParticipantInDebt").withArgs(a("slack"), T, 212_500n, 212_500n);
+      await expect(close).not.to.emit(token, "Transfer");
+      expect([await settlement.badDebt(), await settlement.openPool()]).to.deep.equal([212_500n, 0n]);
+      await market.expectIdentity();
+
+      // Once the slack unit funds the escrow (repaying its bad debt first), bob withdraws his revenue.
+      const fund = settlement.connect(market.p("slack").signer).deposit(ONE);
+      await expect(fund).to.emit(settlement, "DebtRepaid").withArgs(a("slack"), 212_500n, 0n);
+      expect(await settlement.badDebt()).to.equal(0n);
+      expect((await settlement.accountState(a("slack"))).deposit).to.equal(ONE - 212_500n);
+      await market.expectIdentity();
+      const out = settlement.connect(bob.signer).withdraw(212_500n);
+      await expect(out).to.emit(settlement, "Withdrawn").withArgs(bob.address, 212_500n);
+      await expect(out).to.changeTokenBalances(ethers, token, [bob.address, market.settlementAddress], [212_500n, -212_500n]);
+      expect((await settlement.accountState(bob.address)).deposit).to.equal(0n);
       await market.expectIdentity();
       await market.expectDepositsSum();
     });
@@ -714,7 +748,8 @@ describe("Settlement", function () {
       await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -1_000n, 0n, -237_500n, 0n);
       // The slack unit's residual is smaller by the shortfall: 100_000 - 237_500 = -137_500.
       await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 1_000n, 2_000n, 0n, -137_500n);
-      await expect(tx).to.changeTokenBalances(ethers, token, [a("bob"), a("slack")], [237_500n, 0n]);
+      await expect(tx).not.to.emit(token, "Transfer");
+      await market.expectDepositChanges(tx, ["dave", "bob", "slack"], [-100_000n, 237_500n, -137_500n]);
       const state = await settlement.accountState(a("dave"));
       expect([state.deposit, state.debt]).to.deep.equal([0n, 737_500n]);
       expect((await settlement.accountState(a("slack"))).deposit).to.equal(SLACK_DEPOSIT - 137_500n);
@@ -763,6 +798,57 @@ describe("Settlement", function () {
       // In the end the slack unit got exactly what a fully paid bill would have left it: +600_000.
       expect((await settlement.accountState(a("slack"))).deposit).to.equal(SLACK_DEPOSIT + 600_000n);
       await expect(settlement.connect(dave.signer).deposit(1n)).not.to.emit(settlement, "DebtRepaid");
+      await market.expectIdentity();
+      await market.expectDepositsSum();
+    });
+
+    it("a participant in debt repays it first out of what it earns (DebtRepaid), the repayment credited to the slack unit", async function () {
+      const { market, settlement, token, slot, a } = await fixture();
+      const dave = market.p("dave");
+      await settlement.connect(dave.signer).withdraw(DEPOSIT - 600_000n); // keeps 0.6 token
+      const registers = (daveImport: bigint, daveExport: bigint, aliceImport: bigint, bobExport: bigint) => ({
+        dave: [BASE_IMPORT + daveImport, BASE_EXPORT + daveExport] as [bigint, bigint],
+        alice: [BASE_IMPORT + aliceImport, BASE_EXPORT] as [bigint, bigint],
+        bob: [BASE_IMPORT, BASE_EXPORT + bobExport] as [bigint, bigint],
+      });
+      await market.readSlot(slot, registers(0n, 0n, 0n, 0n));
+      // T: scarcity (dave +3_000, bob -1_000): dave's bill is 837_500, he has 600_000: debt 237_500.
+      const T = slot + 1n;
+      await market.readSlot(T, registers(3_000n, 0n, 0n, 1_000n));
+      // T + 1 .. T + 3: dave sells 1_000 Wh to alice each slot, D = U = 1_000 at p = 175_000.
+      // T + 1's readings bill T on their way in.
+      const first = market.readSlot(T + 1n, registers(3_000n, 1_000n, 1_000n, 1_000n));
+      await expect(first).to.emit(settlement, "ParticipantInDebt").withArgs(a("dave"), T, 237_500n, 237_500n);
+      expect((await settlement.accountState(a("dave"))).debt).to.equal(237_500n);
+      const slackBefore = (await settlement.accountState(a("slack"))).deposit;
+
+      // T + 2's readings bill T + 1: dave's 175_000 all repay his debt; his deposit stays empty.
+      const second = market.readSlot(T + 2n, registers(3_000n, 2_000n, 2_000n, 1_000n));
+      await expect(second).to.emit(settlement, "Billed").withArgs(a("dave"), T + 1n, -1_000n, 0n, -175_000n, 0n);
+      await expect(second).to.emit(settlement, "DebtRepaid").withArgs(a("dave"), 175_000n, 62_500n);
+      await expect(second).to.emit(settlement, "SlotClosed").withArgs(T + 1n, 1_000n, 0n, 0n, 0n);
+      await expect(second).not.to.emit(token, "Transfer");
+      await market.expectDepositChanges(second, ["dave", "alice", "slack"], [0n, -175_000n, 175_000n]);
+      expect((await settlement.accountState(a("dave"))).debt).to.equal(62_500n);
+      await market.expectIdentity();
+
+      // T + 3's readings bill T + 2: 62_500 repay the rest of the debt, 112_500 go into dave's deposit.
+      const third = market.readSlot(T + 3n, registers(3_000n, 3_000n, 3_000n, 1_000n));
+      await expect(third).to.emit(settlement, "DebtRepaid").withArgs(a("dave"), 62_500n, 0n);
+      await market.expectDepositChanges(third, ["dave", "alice", "slack"], [112_500n, -175_000n, 62_500n]);
+      expect((await settlement.accountState(a("dave"))).debt).to.equal(0n);
+      // In all the slack unit got exactly dave's shortfall, as a fully paid bill would have left it.
+      expect((await settlement.accountState(a("slack"))).deposit).to.equal(slackBefore + 237_500n);
+      await market.expectIdentity();
+
+      // Out of debt, dave's next earnings go into his deposit whole.
+      await market.afterDeadline(T + 3n);
+      const last = settlement.settle(T + 3n, [a("dave"), a("alice"), a("bob")]);
+      await expect(last).to.emit(settlement, "Billed").withArgs(a("dave"), T + 3n, -1_000n, 0n, -175_000n, 0n);
+      await expect(last).not.to.emit(settlement, "DebtRepaid");
+      await expect(last).not.to.emit(token, "Transfer");
+      await market.expectDepositChanges(last, ["dave", "alice", "slack"], [175_000n, -175_000n, 0n]);
+      expect(await token.balanceOf(a("dave")), "dave's wallet: only his withdrawal").to.equal(1000n * ONE - 600_000n);
       await market.expectIdentity();
       await market.expectDepositsSum();
     });
@@ -961,15 +1047,18 @@ describe("Settlement", function () {
         await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, 0n, 0n, 0n, 0n);
         await expect(tx).to.emit(settlement, "Billed").withArgs(a("dave"), T, 0n, 0n, 0n, 0n);
         await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, 0n, 246_914n, 0n, 0n);
-        // bob: floor(2_000 * 123_457 / 1000) = 246_914; the rounding dust, 1, goes to the slack unit.
+        // bob: floor(2_000 * 123_457 / 1000) = 246_914, into his deposit; the rounding dust, 1, is
+        // transferred to the slack unit.
         await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 0n, 0n, 0n, 1n);
         await expect(tx).to.changeTokenBalances(
           ethers,
           token,
           [a("alice"), a("dave"), a("bob"), a("slack"), market.settlementAddress],
-          [0n, 0n, 246_914n, 1n, -246_915n],
+          [0n, 0n, 0n, 1n, -1n],
         );
-        for (const name of ["alice", "dave", "bob"]) expect((await settlement.accountState(a(name))).deposit).to.equal(DEPOSIT);
+        await market.expectDepositChanges(tx, ["alice", "dave", "bob", "slack"], [0n, 0n, 246_914n, 0n]);
+        for (const name of ["alice", "dave"]) expect((await settlement.accountState(a(name))).deposit).to.equal(DEPOSIT);
+        expect((await settlement.accountState(a("bob"))).deposit).to.equal(DEPOSIT + 246_914n);
         await market.expectIdentity();
         await market.expectDepositsSum();
       });
@@ -1000,12 +1089,9 @@ describe("Settlement", function () {
         // Pool: 100_000 + 81_818 - 100_000 - 28_863 - 57_840 = -4_885, from the slack unit's deposit;
         // it absorbed U - L = 100 Wh of deviations and supplied none: 500 = 600 + 0 - 100.
         await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 500n, 0n, 100n, -4_885n);
-        await expect(tx).to.changeTokenBalances(
-          ethers,
-          token,
-          [a("alice"), a("bob"), a("carol"), a("slack")],
-          [0n, 128_863n, 57_840n, 0n],
-        );
+        // bob's 100_000 + 28_863 and carol's 57_840 go into their deposits: no tokens move.
+        await expect(tx).not.to.emit(token, "Transfer");
+        await market.expectDepositChanges(tx, ["alice", "bob", "carol", "slack"], [-81_818n, 128_863n, 57_840n, -4_885n]);
         expect((await settlement.accountState(a("alice"))).deposit).to.equal(DEPOSIT - 81_818n);
         expect((await settlement.accountState(a("slack"))).deposit).to.equal(SLACK_DEPOSIT - 4_885n);
         await market.expectIdentity();
@@ -1023,7 +1109,8 @@ describe("Settlement", function () {
         await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, -600n, 0n, -30_000n, 0n);
         await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, 0n, 200_000n, 0n, 0n);
         await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 0n, 0n, 600n, -30_000n);
-        await expect(tx).to.changeTokenBalances(ethers, token, [a("alice"), a("bob")], [30_000n, 200_000n]);
+        await expect(tx).to.changeTokenBalances(ethers, token, [a("alice"), a("bob")], [0n, 0n]);
+        await market.expectDepositChanges(tx, ["alice", "bob", "slack"], [30_000n, 200_000n, -30_000n]);
         await market.expectIdentity();
       });
 
@@ -1037,8 +1124,10 @@ describe("Settlement", function () {
         await expect(tx).to.emit(settlement, "SlotPriced").withArgs(T, RETAIL, 500n, 0n);
         await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, 500n, 200_000n, 150_000n, 0n);
         await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 0n, 500n, 0n, 150_000n);
-        await expect(tx).to.changeTokenBalances(ethers, token, [a("bob"), a("slack")], [50_000n, 150_000n]);
-        expect((await settlement.accountState(a("bob"))).deposit, "bob's deposit untouched").to.equal(DEPOSIT);
+        await expect(tx).to.changeTokenBalances(ethers, token, [a("bob"), a("slack")], [0n, 150_000n]);
+        // What the revenue leaves (50_000) goes into bob's deposit; none of the bill came out of it.
+        await market.expectDepositChanges(tx, ["bob", "alice", "slack"], [50_000n, 0n, 0n]);
+        expect((await settlement.accountState(a("bob"))).deposit).to.equal(DEPOSIT + 50_000n);
         await market.expectIdentity();
       });
 
@@ -1080,12 +1169,15 @@ describe("Settlement", function () {
         await expect(settlement.connect(market.p("alice").signer).withdraw(DEPOSIT - 150_000n + 1n))
           .to.be.revertedWithCustomError(settlement, "SettlementWithdrawExceedsFree")
           .withArgs(DEPOSIT - 150_000n + 1n, DEPOSIT - 150_000n);
-        // After the deadline a seller's withdrawal bills it and pays its scheduled and deviation revenue.
+        // After the deadline a seller's withdrawal bills it, pays its scheduled and deviation revenue
+        // into its deposit, and may take that revenue out at once.
         await market.afterDeadline(T);
-        const tx = settlement.connect(market.p("bob").signer).withdraw(ONE);
+        const tx = settlement.connect(market.p("bob").signer).withdraw(DEPOSIT + 287_500n);
         // D = U = 500: p = 175_000, bob's 500 Wh all local: 87_500, plus 200_000 scheduled.
         await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -500n, 200_000n, -87_500n, 0n);
-        await expect(tx).to.changeTokenBalances(ethers, market.token, [a("bob")], [ONE + 287_500n]);
+        await expect(tx).to.emit(settlement, "Withdrawn").withArgs(a("bob"), DEPOSIT + 287_500n);
+        await expect(tx).to.changeTokenBalances(ethers, market.token, [a("bob")], [DEPOSIT + 287_500n]);
+        expect((await settlement.accountState(a("bob"))).deposit).to.equal(0n);
         await market.expectIdentity();
       });
 
@@ -1100,14 +1192,17 @@ describe("Settlement", function () {
         });
         await expect(next).to.emit(settlement, "Billed").withArgs(a("bob"), T, 0n, 150_000n, 0n, 0n);
         await expect(next).to.emit(settlement, "SlotClosed").withArgs(T, 0n, 0n, 0n, 0n);
-        await expect(next).to.changeTokenBalances(ethers, token, [a("bob")], [150_000n]);
+        await expect(next).to.changeTokenBalances(ethers, token, [a("bob")], [0n]);
+        await market.expectDepositChanges(next, ["bob", "alice"], [150_000n, 0n]);
         const bob = await settlement.accountState(a("bob"));
         expect([bob.lastSlot, bob.deviationWh, bob.earned]).to.deep.equal([T + 1n, 0n, 24_000n]);
         await market.afterDeadline(T + 1n);
         await expect(settlement.settle(T + 1n, [a("alice"), a("bob")]))
           .to.emit(settlement, "SlotClosed")
           .withArgs(T + 1n, 0n, 0n, 0n, 0n);
-        expect(await token.balanceOf(a("bob"))).to.equal(1000n * ONE - DEPOSIT + 150_000n + 24_000n);
+        // Both sales went into bob's deposit; his wallet holds what it held after his first deposit.
+        expect((await settlement.accountState(a("bob"))).deposit).to.equal(DEPOSIT + 150_000n + 24_000n);
+        expect(await token.balanceOf(a("bob"))).to.equal(1000n * ONE - DEPOSIT);
         await market.expectIdentity();
       });
 
@@ -1138,7 +1233,8 @@ describe("Settlement", function () {
         expect((await settlement.accountState(a("bob"))).earned).to.equal(200_000n);
         await market.afterDeadline(T);
         const tx = settlement.settle(T, [a("alice"), a("bob")]);
-        await expect(tx).to.changeTokenBalances(ethers, token, [a("bob")], [200_000n]);
+        await market.expectDepositChanges(tx, ["bob", "alice"], [200_000n, 0n]);
+        await expect(tx).not.to.emit(token, "Transfer");
         // The pool had 100_000: the slack unit covers the other 100_000.
         await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 0n, 0n, 0n, -100_000n);
         await market.expectIdentity();
@@ -1188,7 +1284,8 @@ describe("Settlement", function () {
         const tx = settlement.settle(T + 1n, [a("alice"), a("bob")]);
         await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T + 1n, 0n, 100_000n, 0n, 0n);
         await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T + 1n, 0n, 0n, 0n, -100_000n);
-        await expect(tx).to.changeTokenBalances(ethers, token, [a("bob")], [100_000n]);
+        await market.expectDepositChanges(tx, ["bob", "slack"], [100_000n, -100_000n]);
+        await expect(tx).not.to.emit(token, "Transfer");
         expect((await settlement.accountState(a("slack"))).deposit).to.equal(SLACK_DEPOSIT - 100_000n);
         expect(await token.balanceOf(a("slack"))).to.equal(1000n * ONE - SLACK_DEPOSIT + 100_000n);
         await market.expectIdentity();
@@ -1209,15 +1306,33 @@ describe("Settlement", function () {
     });
 
     describe("out-of-range schedules", function () {
-      it("refuses a reading whose schedule would put its deviation beyond 40 bits, rather than storing it truncated", async function () {
+      it("refuses a reading whose schedule would put its deviation beyond 32 signed bits, rather than storing it truncated", async function () {
         const { market, settlement, slot, a } = await scheduledFixture();
-        await market.readSlot(slot, { carol: [BASE_IMPORT, BASE_EXPORT] });
+        await market.readSlot(slot, { carol: [BASE_IMPORT, BASE_EXPORT], dave: [BASE_IMPORT, BASE_EXPORT] });
         const T = slot + 1n;
-        await market.scheduleSource.setSchedule(T, a("carol"), -(2n ** 40n), 100_000n);
-        await expect(market.readSlot(T, { carol: [BASE_IMPORT + 1_000n, BASE_EXPORT] })).to.be.revertedWithCustomError(
-          settlement,
-          "SafeCastOverflowedUintDowncast", // the slot's 40-bit supply total refuses it first
-        );
+        // carol imports 1_000 Wh against a sale of 2^31 - 1_000: a deviation of 2^31, one beyond int32.
+        await market.scheduleSource.setSchedule(T, a("carol"), -(2n ** 31n - 1_000n), 100_000n);
+        const carols = await market.sign("carol", T, BASE_IMPORT + 1_000n, BASE_EXPORT);
+        await market.inWindow(T);
+        await expect(market.submit(carols))
+          .to.be.revertedWithCustomError(settlement, "SafeCastOverflowedIntDowncast")
+          .withArgs(32n, 2n ** 31n);
+        // dave imports 1_000 Wh against a purchase of 2^31 + 1_001: a deviation of -2^31 - 1.
+        await market.scheduleSource.setSchedule(T, a("dave"), 2n ** 31n + 1_001n, 100_000n);
+        const daves = await market.sign("dave", T, BASE_IMPORT + 1_000n, BASE_EXPORT);
+        await expect(market.submit(daves))
+          .to.be.revertedWithCustomError(settlement, "SafeCastOverflowedIntDowncast")
+          .withArgs(32n, -(2n ** 31n) - 1n);
+        expect((await settlement.accountState(a("carol"))).lastSlot, "nothing recorded").to.equal(slot);
+        expect((await settlement.slotState(T)).readings).to.equal(0n);
+        // One Wh less either way fits: the extreme deviations are stored exactly.
+        await market.scheduleSource.setSchedule(T, a("carol"), -(2n ** 31n - 1_001n), 100_000n);
+        await market.scheduleSource.setSchedule(T, a("dave"), 2n ** 31n + 1_000n, 100_000n);
+        await market.submitBatch([carols, daves]);
+        expect((await settlement.accountState(a("carol"))).deviationWh).to.equal(2n ** 31n - 1n);
+        expect((await settlement.accountState(a("dave"))).deviationWh).to.equal(-(2n ** 31n));
+        const s = await settlement.slotState(T);
+        expect([s.readings, s.demandWh, s.supplyWh]).to.deep.equal([2n, 2n ** 31n - 1n, 2n ** 31n]);
       });
 
       it("the markets cannot produce such schedules: prices are capped at 2^28 per kWh", async function () {
@@ -1265,9 +1380,9 @@ describe("Settlement", function () {
     /**
      * 100 prosumers (every other one a seller) read three slots in batches of 100: baselines, a
      * first slot of energy, and a steady-state slot whose readings also bill the previous slot
-     * (50 sellers paid by transfer, the last reading closing it); then settle bills 100 accounts of
-     * the last slot. Every wallet holds a token before it is paid, so the figures are those of the
-     * steady state (a first transfer into an empty balance costs 20k gas more for its storage).
+     * (50 sellers paid into their deposits, the last reading closing it); then settle bills 100
+     * accounts of the last slot. Every member has a deposit before it is paid, so the figures are
+     * those of the steady state.
      * With `scheduled`, the market has the test schedule source and every slot a day-ahead
      * schedule: each buyer bought, each seller sold, 900 Wh at 120_000, prepaid into the pool.
      */
@@ -1292,12 +1407,6 @@ describe("Settlement", function () {
       await token.mint(market.admin.address, BigInt(N) * 10n * ONE);
       await token.approve(market.settlementAddress, BigInt(N) * 10n * ONE);
       for (const m of members) await settlement.depositFor(m.account, 10n * ONE);
-      // A non-zero wallet balance for everyone before the first payout.
-      await token.mintBatch(
-        ethers.id("gas-report-wallets"),
-        members.map((m) => m.account),
-        members.map(() => 1n),
-      );
 
       const schedule = async (s: bigint) => {
         if (!scheduled) return;
@@ -1336,7 +1445,7 @@ describe("Settlement", function () {
       const first = await batchFor(slot + 1n, 1n);
       await market.inWindow(slot + 1n);
       const gasFirst = await gasOf(market.submitBatch(first));
-      // Steady state: each reading also bills the previous slot (50 sellers paid by transfer) and the last closes it.
+      // Steady state: each reading also bills the previous slot (50 sellers paid into their deposits) and the last closes it.
       await schedule(slot + 2n);
       const second = await batchFor(slot + 2n, 2n);
       await market.inWindow(slot + 2n);
@@ -1404,6 +1513,7 @@ describe("Settlement", function () {
         scheduledSellerBills: 0,
         nettedSellerBills: 0,
         unreadClosedSlots: 0,
+        payoutRepayments: 0,
       };
       for (const seed of seeds) {
         const market = await networkHelpers.loadFixture(deployScenarioMarket);
@@ -1418,6 +1528,7 @@ describe("Settlement", function () {
         totals.scheduledSellerBills += stats.scheduledSellerBills;
         totals.nettedSellerBills += stats.nettedSellerBills;
         totals.unreadClosedSlots += stats.unreadClosedSlots;
+        totals.payoutRepayments += stats.payoutRepayments;
       }
       console.log(`      ${JSON.stringify(totals)}`);
       // The scenarios must actually exercise the interesting paths.
@@ -1428,6 +1539,7 @@ describe("Settlement", function () {
         expect(totals.refused).to.be.greaterThan(0);
         expect(totals.nettedSellerBills).to.be.greaterThan(0);
         expect(totals.unreadClosedSlots).to.be.greaterThan(0);
+        expect(totals.payoutRepayments).to.be.greaterThan(0);
       }
     });
   });
