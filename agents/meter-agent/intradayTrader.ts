@@ -72,8 +72,9 @@ export interface IntradayTraderOptions {
   /**
    * How long before a slot's gate closure its flexibility offer is placed (default: one slot
    * length). Forecasts go in when the window opens; the offer waits until the neighbourhood's
-   * forecasts are in the book, so that it goes the way the slot needs, and until the clearing
-   * of the slots before is known, so that the assets can deliver it.
+   * forecasts are in the book, so that it goes the way the slot needs, and it allows for the
+   * clearings of the slots before (or, not cleared yet, their offers), so that the assets can
+   * deliver it.
    */
   offerLeadSeconds?: number;
 }
