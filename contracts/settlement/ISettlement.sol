@@ -95,10 +95,12 @@ interface ISettlement {
     /// @notice Deposits `amount` for the caller with an EIP-2612 permit instead of `approve`.
     function depositWithPermit(uint256 amount, uint256 deadline, uint8 v, bytes32 r, bytes32 s) external;
 
-    /// @notice Withdraws `amount` of the caller's deposit that no pending bill may need.
+    /// @notice Withdraws `amount` of the caller's deposit that no pending bill may need, to its
+    /// wallet. Earnings from selling energy are paid into the deposit; this takes them home.
     function withdraw(uint256 amount) external;
 
-    /// @notice Bills `slot` for those of `accounts` whose reading of it is not billed yet; others are skipped.
+    /// @notice Bills `slot` for those of `accounts` whose reading of it is not billed yet (others
+    /// are skipped), after its reading deadline, and closes it once every reading is billed. Anyone.
     function settle(uint32 slot, address[] calldata accounts) external;
 
     /// @notice Sets the feed-in and retail prices. Only the regulator.

@@ -61,6 +61,11 @@ import {IBalancingSource, IScheduleSink, IScheduleSource} from "./IScheduleSink.
  * Billing of S happens in one of two ways, whichever comes first, and never twice: the
  * meter's next reading bills S on its way in (the common case, so one storage write per
  * participant per slot does both), or anyone calls `settle(S, accounts)` after S's deadline.
+ *
+ * Gas: a transaction (a batch of readings, a settle, a withdrawal) works on a memory copy of the
+ * totals of the slots it touches (`Batch`) and stores them, openPool and totalDeposits once at
+ * its end; each account is one storage word read and written once; a participant's whole
+ * schedule (day-ahead award and activations) is one call to the day-ahead market.
  */
 contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
     using SafeERC20 for IERC20;
