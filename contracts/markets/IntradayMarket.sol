@@ -41,8 +41,9 @@ contract IntradayMarket is IIntradayMarket, IBalancingSource, AccessControl {
 
     bytes32 public constant REGULATOR_ROLE = keccak256("REGULATOR_ROLE");
     /// @notice Most offers one slot's book takes, so that its clearing fits one transaction (2^24 gas)
-    /// even when every offer is activated and refunded (about 22k gas each).
-    uint256 public constant MAX_BOOK_SIZE = 600;
+    /// even when every offer is activated and refunded and its owner has no day-ahead order, whose
+    /// schedule word the activation then creates (about 45k gas each).
+    uint256 public constant MAX_BOOK_SIZE = 300;
     /// @notice Largest offer, in Wh, and highest price bound: see DayAheadMarket.
     uint256 public constant MAX_OFFER_WH = 2 ** 24;
     uint256 public constant MAX_PRICE = 2 ** 28;

@@ -37,14 +37,15 @@ import {IBalancingSource, IScheduleSink, IScheduleSource} from "./IScheduleSink.
  * locally at p and the rest to the slack unit at `feedInPrice`. Buyers' bills round up and
  * sellers' revenues round down (token base units, prices per kWh, energy in Wh).
  *
- * Money: buyers pay from their deposit into the slot's pool; sellers are paid from the pool into
- * their deposit, which they withdraw to their wallet whenever they like (`withdraw`): pull rather
- * than push payments, so that a batch of a thousand readings makes no token call per seller
- * and no recipient can make it fail. A seller in debt repays the debt first. When every reading of S is billed the slot closes and the slack unit,
- * the supplier and buyer of last resort, takes the pool's residual: what buyers paid for
- * slack energy, minus what it owes sellers for their surplus, plus rounding dust. A negative
- * residual comes out of the slack unit's deposit; a positive one first pays off the slack
- * unit's own uncovered debt. So tokens are only ever moved, never made.
+ * Money: buyers pay from their deposit into the slot's pool; sellers are paid from the pool
+ * into their deposit, which they withdraw to their wallet whenever they like (`withdraw`):
+ * pull rather than push payments, so that a batch of a thousand readings makes no token call
+ * at all and neither a recipient nor escrow liquidity can make it fail. A seller in debt repays
+ * the debt first. When every reading of S is billed the slot closes and the slack unit, the
+ * supplier and buyer of last resort, takes the pool's residual: what buyers paid for slack
+ * energy, minus what it owes sellers for their surplus, plus rounding dust. A positive
+ * residual first pays off the slack unit's own uncovered debt and goes into its deposit; a
+ * negative one comes out of its deposit. So tokens are only ever moved, never made.
  * A buyer whose deposit is short pays what it has; the shortfall is recorded as its debt, it
  * is flagged (ParticipantInDebt), and since the slack unit's residual is smaller by exactly
  * that much, the debt is owed to the slack unit: later deposits repay it there first.
@@ -119,7 +120,7 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
         bool firstIsNewer;
         int256 poolChange; // of openPool
         int256 depositChange; // of totalDeposits
-        uint256 slackPayout; // residuals owed to the slack unit, transferred last
+        uint256 slackPayout; // what the slack unit's deposit cannot hold (48 bits), transferred last
         IScheduleSource dayAhead;
         IBalancingSource intraday;
     }
@@ -222,9 +223,18 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
     /// @inheritdoc IMeterLedger
     function submitReadings(SignedReading[] calldata readings) external {
         Batch memory b = _openBatch();
+        // What one reading allocates in memory is dead once it is recorded (the batch's state was
+        // allocated above): reuse it, or memory expansion, quadratic in its size, grows with the batch.
+        uint256 freeMemory;
+        assembly ("memory-safe") {
+            freeMemory := mload(0x40)
+        }
         for (uint256 i = 0; i < readings.length; ++i) {
             SignedReading calldata s = readings[i];
             _record(b, s.reading, s.r, s.vs);
+            assembly ("memory-safe") {
+                mstore(0x40, freeMemory)
+            }
         }
         _closeBatch(b);
     }
@@ -237,12 +247,20 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
         if (block.timestamp <= deadline) revert SettlementSlotNotFinal(slot, deadline);
         Batch memory b = _openBatch();
         _cached(b, slot); // closes at the end if complete, even with nobody left to bill
+        uint256 freeMemory; // reused for every account, as in submitReadings
+        assembly ("memory-safe") {
+            freeMemory := mload(0x40)
+        }
         for (uint256 i = 0; i < accounts.length; ++i) {
             address account = accounts[i];
             Account memory a = _loadAccount(account);
-            if (a.lastSlot != slot || !_hasPendingBill(a)) continue; // not in this slot, or billed already
-            _bill(b, account, a);
-            _storeAccount(account, a);
+            if (a.lastSlot == slot && _hasPendingBill(a)) {
+                _bill(b, account, a);
+                _storeAccount(account, a);
+            } // else: not in this slot, or billed already
+            assembly ("memory-safe") {
+                mstore(0x40, freeMemory)
+            }
         }
         _closeBatch(b);
     }
@@ -537,12 +555,33 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
         if (c.used) _store(b, c);
         c.used = true;
         c.slot = slot;
-        c.s = _slots[slot];
+        _load(c.s, _slots[slot]);
         b.firstIsNewer = intoFirst;
         return c.s;
     }
 
-    /// @dev Stores the cached slots and the sums, then pays the slack unit what it is owed.
+    /// @dev Copies `stored` into `s`, memory the batch allocated before its loop (see submitReadings).
+    function _load(SlotState memory s, SlotState storage stored) private view {
+        SlotState memory t = stored;
+        s.demandWh = t.demandWh;
+        s.supplyWh = t.supplyWh;
+        s.localWh = t.localWh;
+        s.readings = t.readings;
+        s.billed = t.billed;
+        s.priced = t.priced;
+        s.closed = t.closed;
+        s.balancingRead = t.balancingRead;
+        s.price = t.price;
+        s.feedInPrice = t.feedInPrice;
+        s.retailPrice = t.retailPrice;
+        s.pool = t.pool;
+        s.upWh = t.upWh;
+        s.downWh = t.downWh;
+        s.upPrice = t.upPrice;
+        s.downPrice = t.downPrice;
+    }
+
+    /// @dev Stores the cached slots and the sums (and transfers to the slack unit what its deposit cannot hold).
     function _closeBatch(Batch memory b) private {
         if (b.first.used) _store(b, b.first);
         if (b.second.used) _store(b, b.second);
@@ -596,7 +635,16 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
                 badDebt -= repaid;
                 emit DebtRepaid(slack, repaid, debt - repaid);
             }
-            b.slackPayout += amount - repaid;
+            // The rest goes into its deposit, like any seller's earnings: a batch then makes no
+            // token transfer at all, so escrow liquidity can never hold up everyone's readings.
+            Account storage sa = _accounts[slack];
+            if (repaid == debt) sa.inDebt = false;
+            uint256 rest = amount - repaid;
+            uint256 room = type(uint48).max - sa.deposit;
+            uint256 credited = Math.min(rest, room);
+            sa.deposit += uint48(credited);
+            b.depositChange += int256(credited);
+            b.slackPayout += rest - credited; // beyond 48 bits (281 million tokens): to its wallet
         } else if (residual < 0) {
             uint256 owed = uint256(-residual);
             Account storage sa = _accounts[slack];

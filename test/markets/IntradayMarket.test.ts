@@ -124,7 +124,7 @@ async function crowd(fx: Awaited<ReturnType<typeof fixture>>, n: number, label: 
 async function fillBook(fx: Awaited<ReturnType<typeof fixture>>) {
   const { intraday, address, slot, inWindow } = fx;
   const max = Number(await intraday.MAX_BOOK_SIZE());
-  expect(max).to.equal(600);
+  expect(max).to.equal(300);
   const people = await crowd(fx, max, "full", [address]);
   await inWindow(slot);
   let escrow = 0n;

@@ -17,17 +17,14 @@
  * participant offers (half upward, half downward), each offer its own placeOffers transaction.
  * Each slot is cleared at its gate closure (readOffers, clearBalancing, clear): A short (upward
  * activations), B long (downward ones). Then every meter reads three slots, relayed in batches
- * of 400 (submitReadings): the baseline before A, slot A (counts it), slot B (counts it and bills
+ * of 250, the master's default (submitReadings): the baseline before A, slot A (counts it), slot B (counts it and bills
  * A on the way in). The steady state per participant and slot is the gas of slot B's reading
  * transactions over n; metering.perParticipantSlot.batched is the same without schedules.
  *
- * intraday.offer.gas is the median gasUsed of the downward single-offer placements in B's
- * 1,000-offer book (an existing book and a market holding escrow already); the upward median is
- * logged. intraday.clear.perOffer is B's clear transaction's gasUsed over its offers (n, at most 600: the book's cap).
- *
- * Readings are relayed 300 to a transaction, not the master's 400: with schedules and
- * activations a reading costs about 45,000 gas, and 400 of them exceed EIP-7825's cap of 2^24 gas
- * a transaction, which the node enforces.
+ * intraday.offer.gas is the median gasUsed of the downward single-offer placements in B's book
+ * at n = 1,000 (300 offers, the cap: an existing book and a market holding escrow already); the
+ * upward median is logged. intraday.clear.perOffer is B's clear transaction's gasUsed over its
+ * offers (n, at most 300: the book's cap).
  *
  * A size whose day-ahead clearing does not fit in one transaction under the cap (1,000 fully
  * awarded orders take about 18.8 million gas) cannot be set up on the node: that size is then
@@ -71,12 +68,8 @@ import { mulberry32 } from "../../simulator/profiles.js";
 import type { BenchContext, BenchFigures, BenchMarket, BenchSection } from "./types.js";
 
 const SIZES = [10, 100, 1000] as const;
-/**
- * Readings per relay transaction. The master's default of 400 does not fit under the 2^24 cap
- * once schedules and activations are read with each reading (about 45,000 gas a reading).
- */
 /** IntradayMarket.MAX_BOOK_SIZE. */
-const BALANCING_BOOK_MAX = 600;
+const BALANCING_BOOK_MAX = 300;
 const READING_BATCH = 250; // the master's default batch (agents/master/masterAgent.ts)
 /** EIP-7825's per-transaction gas cap, which the node enforces. */
 const TX_GAS_CAP = 2 ** 24;
@@ -341,7 +334,7 @@ async function runSize(venue: Venue, n: number, log: (m: string) => void): Promi
   const offersA = members.filter((_, i) => i % 10 === 6).map((m) => ({ from: m.account, to: a.intradayMarket, data: ID.encodeFunctionData("placeOffers", [m.account, [{ slot: slotA, isUp: true, qtyWh: 800n, price: price(idFloor, idCap) }]]), gas: TX_GAS }));
   await node.transact(offersA);
   const upB = members.map((_, i) => i % 2 === 0);
-  // A balancing book takes at most MAX_BOOK_SIZE (600) offers: with more participants, the first 600 offer.
+  // A balancing book takes at most MAX_BOOK_SIZE (300) offers: with more participants, the first 300 offer.
   const offersB = members.slice(0, BALANCING_BOOK_MAX).map((m, i) => ({
     from: m.account,
     to: a.intradayMarket,
