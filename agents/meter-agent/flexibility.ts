@@ -415,6 +415,40 @@ export class ModbusFlexibilityIo implements FlexibilityIo {
   }
 }
 
+/**
+ * FlexibilityIo through ModbusMeter clients, for the meter agent on a Pi: the house's power
+ * from the meter, the devices' state and set-points through `devices` (the meter's own client
+ * when the inverter and charger answer on the meter's link, over RTU too, or a client of their
+ * own link), addressed to `unitId` if they have a unit id of their own on that link. Every
+ * request goes through the client's queue, retries and backoff, so one serial bus serves all.
+ */
+export class ModbusDeviceIo implements FlexibilityIo {
+  constructor(
+    private readonly meter: ModbusMeter,
+    private readonly devices: ModbusMeter = meter,
+    private readonly unitId?: number,
+  ) {}
+
+  readPowerW(): Promise<number> {
+    return this.meter.readPowerW();
+  }
+
+  async readInputRegisters(address: number, length: number): Promise<number[]> {
+    try {
+      return await this.devices.readInputRegisters(address, length, this.unitId);
+    } catch (error) {
+      if (error instanceof MarketError && error.code === "METER_READ") {
+        throw new MarketError("FLEX_DEVICE", `device registers ${address} to ${address + length - 1}: ${error.message}; check assets.devices[].registers and assets.connection`, { cause: error });
+      }
+      throw error;
+    }
+  }
+
+  writeSetpoint(register: number, value: number, type: SetpointType): Promise<void> {
+    return this.devices.writeSetpoint(register, value, type, this.unitId);
+  }
+}
+
 function describeConnection(c: MeterConnection): string {
   return c.kind === "tcp" ? `tcp://${c.host}:${c.port}/${c.unitId}` : `rtu://${c.path}/${c.unitId}`;
 }

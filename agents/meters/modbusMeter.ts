@@ -337,18 +337,40 @@ export class ModbusMeter {
    * ...). 16-bit types use FC6, 32-bit types FC16 in the map's word order. Retrying a
    * write is safe: writing the same value twice has the same effect as once.
    */
-  writeSetpoint(register: number, value: number, type: SetpointType = "int16"): Promise<void> {
+  writeSetpoint(register: number, value: number, type: SetpointType = "int16", unitId?: number): Promise<void> {
     const words = encodeSetpoint(value, type, this.map.wordOrder);
     if (!Number.isInteger(register) || register < 0 || register + words.length - 1 > 0xffff) {
       return Promise.reject(new RangeError(`register ${register} is not a holding register address for a ${type}`));
     }
     return this.exclusive(async () => {
-      await this.withRetry(`write set-point ${register}`, async (client) => {
-        if (words.length === 1) await client.writeRegister(register, words[0] ?? 0);
-        else await client.writeRegisters(register, words);
-      });
-      this.log("info", "set-point written", { register, value, type });
+      await this.withRetry(`write set-point ${register}`, (client) =>
+        this.asUnit(client, unitId, async () => {
+          if (words.length === 1) await client.writeRegister(register, words[0] ?? 0);
+          else await client.writeRegisters(register, words);
+        }),
+      );
+      this.log("info", "set-point written", { register, value, type, ...(unitId === undefined ? {} : { unitId }) });
     });
+  }
+
+  /**
+   * Raw 16-bit input registers, e.g. the state of a battery inverter or EV charger behind the
+   * same link, through the same queue, retries and backoff as read(). `unitId` addresses
+   * another device on the link (an RS-485 bus, a TCP gateway); by default the meter's.
+   */
+  readInputRegisters(address: number, length: number, unitId?: number): Promise<number[]> {
+    if (!Number.isInteger(address) || !Number.isInteger(length) || address < 0 || length < 1 || length > MAX_REGISTERS_PER_READ || address + length - 1 > 0xffff) {
+      return Promise.reject(new RangeError(`cannot read ${length} input registers from ${address}`));
+    }
+    return this.exclusive(() =>
+      this.withRetry(`read input registers ${address} to ${address + length - 1}`, (client) =>
+        this.asUnit(client, unitId, async () => {
+          const result = await client.readInputRegisters(address, length);
+          if (result.data.length !== length) throw new TransportError(`asked for ${length} registers, got ${result.data.length}`);
+          return result.data;
+        }),
+      ),
+    );
   }
 
   /** Closes the connection; pending backoff waits end at once. */
@@ -376,6 +398,17 @@ export class ModbusMeter {
         : await client.readHoldingRegisters(address, length);
     if (result.data.length !== length) throw new TransportError(`asked for ${length} registers, got ${result.data.length}`);
     return result.data;
+  }
+
+  /** Runs `operation` addressed to `unitId` (if given), then addresses the meter again. */
+  private async asUnit<T>(client: ModbusRTU, unitId: number | undefined, operation: () => Promise<T>): Promise<T> {
+    if (unitId === undefined || unitId === this.connection.unitId) return operation();
+    client.setID(unitId);
+    try {
+      return await operation();
+    } finally {
+      client.setID(this.connection.unitId);
+    }
   }
 
   private exclusive<T>(operation: () => Promise<T>): Promise<T> {

@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { expect } from "chai";
 import { expectClose } from "../support/approx.js";
-import modbusSerial from "modbus-serial";
+import modbusSerial, { type IServiceVector } from "modbus-serial";
 import { ConfigError } from "../../agents/errors.js";
 import {
   MeterOfflineError,
@@ -16,7 +16,8 @@ import {
 } from "../../agents/meters/modbusMeter.js";
 import type { LogRecord } from "../../agents/log.js";
 import { SDM120, SDM630, parseRegisterMap, resolveRegisterMap, toRational } from "../../agents/meters/registerMaps.js";
-import { BATTERY_MODE, EV_MODE, ManualClock, MeterServer, SETPOINT_REGISTERS, SimulatedMeter } from "../../agents/simulator/meterServer.js";
+import { ModbusDeviceIo } from "../../agents/meter-agent/flexibility.js";
+import { BATTERY_MODE, DEVICE_INPUTS, EV_MODE, ManualClock, MeterServer, SETPOINT_REGISTERS, SimulatedMeter } from "../../agents/simulator/meterServer.js";
 import { HOUSEHOLD_KINDS, HouseholdSimulator, householdSpec, mulberry32, type HouseholdKind } from "../../agents/simulator/profiles.js";
 
 const HOUR = 3_600_000;
@@ -464,4 +465,55 @@ describe("meters: client over Modbus RTU on a virtual serial pair (socat)", func
       await new Promise<void>((resolve) => slave.close(() => resolve()));
     }
   });
+
+  it("reaches a battery inverter at its own unit id on the meter's bus, and the meter again after it", async function () {
+    const start = new Date(Date.UTC(2025, 5, 10, 20));
+    const clock = new ManualClock(start);
+    // Unit 7 is the meter of a house without a battery, unit 8 the inverter of a battery.
+    const meterDevice = new SimulatedMeter(new HouseholdSimulator(householdSpec("consumer", 22, 22), start), clock);
+    const inverter = new SimulatedMeter(new HouseholdSimulator(householdSpec("batteryProsumer", 23, 23), start), clock);
+    const slave = new modbusSerial.ServerSerial(byUnit({ 7: meterDevice.vector(), 8: inverter.vector() }), { path: `${dir}/meter`, baudRate: 9600, unitID: 255 });
+    await new Promise<void>((resolve, reject) => {
+      slave.once("initialized", () => resolve());
+      slave.once("error", reject);
+    });
+    const meter = new ModbusMeter({
+      connection: { kind: "rtu", path: `${dir}/agent`, baudRate: 9600, parity: "none", unitId: 7 },
+      map: SDM630,
+      clock,
+      requestTimeoutMs: 1_000,
+    });
+    const io = new ModbusDeviceIo(meter, meter, 8);
+    const float = ([w0, w1]: number[]) => new DataView(new Uint16Array([w1!, w0!]).buffer).getFloat32(0, true);
+    try {
+      clock.advance(HOUR);
+      const soc = float(await io.readInputRegisters(DEVICE_INPUTS.batterySocPct, 2));
+      expectClose(soc, inverter.household.batteryState()!.soc * 100, 1e-3);
+      expect(float(await meter.readInputRegisters(DEVICE_INPUTS.batterySocPct, 2)), "the meter's house has no battery").to.be.NaN;
+      await io.writeSetpoint(SETPOINT_REGISTERS.batteryPowerW, 2500, "int16");
+      expect(inverter.household.batteryState()?.setpoint).to.deep.equal({ mode: "fixed", dischargeW: 2500 });
+      const reading = await meter.read(); // unit 7 again
+      expect(reading.importWh).to.equal(BigInt(Math.floor(meterDevice.snapshot().importKwh * 1000)));
+    } finally {
+      await meter.close();
+      await new Promise<void>((resolve) => slave.close(() => resolve()));
+    }
+  });
 });
+
+/** A bus of several devices for one serial server (unit id 255: it answers every unit), each unit its own handlers. */
+function byUnit(units: Record<number, IServiceVector>): IServiceVector {
+  const of = (unit: number): Record<string, (...args: number[]) => unknown> => {
+    const vector = units[unit];
+    if (vector === undefined) throw Object.assign(new Error(`no unit ${unit} on this bus`), { modbusErrorCode: 0x0b });
+    return vector as unknown as Record<string, (...args: number[]) => unknown>;
+  };
+  // Parameter counts matter to modbus-serial (one more means a callback), as in SimulatedMeter.vector().
+  return {
+    getInputRegister: (addr: number, unit: number) => of(unit).getInputRegister!(addr, unit),
+    getMultipleInputRegisters: (addr: number, length: number, unit: number) => of(unit).getMultipleInputRegisters!(addr, length, unit),
+    getHoldingRegister: (addr: number, unit: number) => of(unit).getHoldingRegister!(addr, unit),
+    getMultipleHoldingRegisters: (addr: number, length: number, unit: number) => of(unit).getMultipleHoldingRegisters!(addr, length, unit),
+    setRegister: (addr: number, value: number, unit: number) => of(unit).setRegister!(addr, value, unit),
+  } as unknown as IServiceVector;
+}
