@@ -79,8 +79,10 @@ export interface DayAheadTraderOptions {
 
 /**
  * The household's day-ahead trading: once a day, shortly before gate closure, it forecasts
- * tomorrow from its own history and places (or re-places) all of tomorrow's orders in one
- * transaction. Placing the same orders again changes nothing, so a retry after a crash is safe.
+ * tomorrow from its own history and places all of tomorrow's orders in one transaction.
+ * The market holds one order per household and slot, so nothing is ever ordered twice; and
+ * orders already on chain (a retry after a crash) are left alone unless the forecast changed
+ * them, so that a retry sends only the changes, or nothing.
  */
 export class DayAheadTrader {
   private floor = 0n;
@@ -109,12 +111,17 @@ export class DayAheadTrader {
     return tradedFirstSlot === firstSlot ? undefined : firstSlot;
   }
 
-  /** Forecasts and places the day's orders; returns how many were placed. */
+  /** Forecasts and places the day's orders; returns how many were placed or changed. */
   async trade(firstSlot: number, history: SlotHistory): Promise<number> {
     const forecast = forecastDay(history, firstSlot);
-    const orders = ordersFromForecast(forecast, firstSlot, this.o.strategy, this.floor, this.cap);
-    if (orders.length === 0) {
+    const wanted = ordersFromForecast(forecast, firstSlot, this.o.strategy, this.floor, this.cap);
+    if (wanted.length === 0) {
       this.o.logger({ level: "info", msg: "no day-ahead orders: no history to forecast from yet", firstSlot });
+      return 0;
+    }
+    const orders = await this.notOnChain(wanted);
+    if (orders.length === 0) {
+      this.o.logger({ level: "info", msg: "day-ahead orders already on chain", firstSlot, orders: wanted.length });
       return 0;
     }
     const tx = await this.o.market.placeOrdersFor(this.o.account, orders);
@@ -122,5 +129,19 @@ export class DayAheadTrader {
     const buys = orders.filter((x) => !x.isSell).length;
     this.o.logger({ level: "info", msg: "day-ahead orders placed", firstSlot, buys, sells: orders.length - buys, gas: receipt?.gasUsed });
     return orders.length;
+  }
+
+  /**
+   * The orders that differ from the household's orders on chain. An order on chain keeps its
+   * side: the contract refuses a side change, and only the account itself may cancel.
+   */
+  private async notOnChain(wanted: OrderInput[]): Promise<OrderInput[]> {
+    const { market, account } = this.o;
+    const placed = await Promise.all(wanted.map((x) => market.orderOf(x.slot, account)));
+    return wanted.filter((x, i) => {
+      const p = placed[i]!;
+      if (!p.placed || p.qtyWh === 0n) return true;
+      return p.isSell === x.isSell && (p.qtyWh !== x.qtyWh || p.price !== x.price);
+    });
   }
 }

@@ -98,11 +98,19 @@ export class IntradayTrader {
   private readonly awaitingClearing = new Set<number>();
   private active: number | undefined;
   private checked = new Set<number>();
+  /** Devices a crashed agent may have left under control, not yet returned to automatic. */
+  private releaseDue = false;
+  /** Whether the forecasts and offers already on chain (from before a restart) were read. */
+  private recovered = false;
+  private stopped = false;
 
   constructor(private readonly o: IntradayTraderOptions) {}
 
   async init(): Promise<void> {
-    await this.o.flexibility?.release(); // a crashed agent may have left devices under control
+    // A crashed agent may have left devices under control. A device link that is down must
+    // not keep the agent from metering: it is retried on every step until it answers.
+    this.releaseDue = this.o.flexibility !== undefined;
+    await this.releaseIfDue();
     const m = this.o.market;
     const [slotSeconds, open, gate, floor, cap] = await Promise.all([m.slotSeconds(), m.openLeadSeconds(), m.gateLeadSeconds(), m.priceFloor(), m.priceCap()]);
     this.slotSeconds = Number(slotSeconds);
@@ -142,13 +150,68 @@ export class IntradayTrader {
 
   /** The activation of the slot now running, the clearings learnt since, forecasts and offers that are due. */
   async step(nowMs: number, history: SlotHistory): Promise<void> {
+    await this.releaseIfDue();
+    if (!(await this.recover(nowMs))) return;
     await this.actuate(nowMs);
     const flex = this.o.flexibility;
     if (flex !== undefined) await this.learnClearings(nowMs, flex);
     const due = this.dueSlots(nowMs);
     if (due.length > 0) await this.submitForecasts(due, history);
-    const offers = flex === undefined ? [] : this.offerSlots(nowMs);
+    const offers = flex === undefined || this.stopped ? [] : this.offerSlots(nowMs);
     if (flex !== undefined && offers.length > 0) await this.offer(offers, nowMs, flex);
+  }
+
+  /** The agent is shutting down: no more offers, which nobody would be there to deliver. */
+  stop(): void {
+    this.stopped = true;
+  }
+
+  /** Returns devices to automatic if that is still due (they did not answer before). */
+  private async releaseIfDue(): Promise<void> {
+    if (!this.releaseDue) return;
+    try {
+      await this.o.flexibility?.release();
+      this.releaseDue = false;
+    } catch (e) {
+      this.o.logger({ level: "warn", msg: "devices do not answer; will retry returning them to automatic", error: shortError(e) });
+    }
+  }
+
+  /**
+   * Once, before the first step: the household's forecasts and offers on chain for the slots
+   * ahead, sent before a restart. They are not sent again, and the assets allow for the offers
+   * until their clearing is known, so that a restart neither re-offers what is offered (the
+   * market holds one offer per slot, which a re-offer would change) nor offers energy the
+   * assets may have to deliver already.
+   */
+  private async recover(nowMs: number): Promise<boolean> {
+    if (this.recovered) return true;
+    const { market, account, flexibility: flex } = this.o;
+    const current = Math.floor(nowMs / 1000 / this.slotSeconds);
+    const slots = Array.from({ length: 8 }, (_, k) => current + 1 + k);
+    try {
+      const [forecasts, offers] = await Promise.all([
+        Promise.all(slots.map((s) => market.forecastOf(s, account))),
+        Promise.all(slots.map((s) => market.offerOf(s, account))),
+      ]);
+      slots.forEach((slot, k) => {
+        if (forecasts[k]!.set) this.forecast.add(slot);
+        const o = offers[k]!;
+        if (!o.placed || o.qtyWh === 0n) return;
+        this.offered.add(slot);
+        if (flex !== undefined) {
+          flex.noteOffer?.(slot, { slot, isUp: o.isUp, qtyWh: o.qtyWh });
+          this.awaitingClearing.add(slot);
+        }
+      });
+      this.recovered = true;
+      const found = { forecasts: slots.filter((s) => this.forecast.has(s)), offers: slots.filter((s) => this.offered.has(s)) };
+      if (found.forecasts.length + found.offers.length > 0) this.o.logger({ level: "info", msg: "balancing forecasts and offers on chain from before a restart", ...found });
+      return true;
+    } catch (e) {
+      this.o.logger({ level: "warn", msg: "balancing state unreadable; will retry", error: shortError(e) });
+      return false;
+    }
   }
 
   /** Sends the forecasts of `slots` (a contiguous run) in one transaction; without history for every slot, none. */
@@ -232,11 +295,22 @@ export class IntradayTrader {
     if (!flex) return;
     const current = Math.floor(nowMs / 1000 / this.slotSeconds);
     if (this.active !== undefined && this.active !== current) {
-      await flex.release();
-      this.o.logger({ level: "info", msg: "flexibility released", slot: this.active });
-      this.active = undefined;
+      try {
+        await flex.release();
+        this.o.logger({ level: "info", msg: "flexibility released", slot: this.active });
+        this.active = undefined;
+      } catch (e) {
+        this.o.logger({ level: "warn", msg: "release failed; will retry", slot: this.active, error: shortError(e) });
+        return;
+      }
     }
-    if (this.active === current) await flex.track?.();
+    if (this.active === current) {
+      try {
+        await flex.track?.();
+      } catch (e) {
+        this.o.logger({ level: "warn", msg: "tracking failed; will retry", slot: current, error: shortError(e) });
+      }
+    }
     if (this.checked.has(current)) return;
     try {
       const [activated] = await this.o.market.activationOf(current, this.o.account);

@@ -73,6 +73,7 @@ export class MeterAgent {
   private readonly requested = new Set<number>();
   private requestsSeenToBlock: number | undefined;
   private busy: Promise<void> = Promise.resolve();
+  private stopping = false;
 
   constructor(private readonly o: MeterAgentOptions) {}
 
@@ -117,6 +118,7 @@ export class MeterAgent {
       await this.poll();
       await this.checkRequests();
       await this.flush();
+      if (this.stopping) return;
       await this.tradeDayAhead();
       await this.o.intraday?.step(this.o.clock.now(), this.mustState().history ?? {});
     });
@@ -125,6 +127,16 @@ export class MeterAgent {
   /** Resolves once the step in progress, if any, is done. */
   idle(): Promise<void> {
     return this.busy;
+  }
+
+  /**
+   * Stops trading before the process ends: the step in flight places no further orders or
+   * offers (nobody would deliver them), later steps only meter. Resolves once the step is done.
+   */
+  stop(): Promise<void> {
+    this.stopping = true;
+    this.o.intraday?.stop();
+    return this.idle();
   }
 
   /** Pending (unconfirmed) readings, oldest first. */
