@@ -16,9 +16,11 @@
  * Like the contract, each transaction (a batch of readings, a settle, a withdrawal) keeps the
  * totals of at most two slots "cached" (Settlement._cached): a complete slot closes when it leaves
  * that cache (the least recently used one makes room for a third) or when the transaction ends,
- * not at its last bill; and the slack unit's positive residuals are transferred together at the
- * end. That timing shows in the events: a payout that repays a debt credits the slack unit before
- * or after a slot's negative residual is taken from the slack unit's deposit.
+ * not at its last bill. A slot's positive residual repays the slack unit's debt and goes into its
+ * deposit when the slot closes (since 475652a; it was transferred before), like any seller's
+ * earnings; only what its 48-bit deposit cannot hold is transferred to its wallet, all of it
+ * together at the end of the transaction. That timing shows in the events: a payout that repays a
+ * debt credits the slack unit before or after a slot's residual reaches the slack unit's deposit.
  */
 
 export interface ModelAccount {
@@ -107,7 +109,8 @@ function min(a: bigint, b: bigint): bigint {
 
 /**
  * The slots one transaction has touched (at most two, the least recently used one is stored, and
- * closed if complete, to make room) and the slack unit's positive residuals, paid at its end.
+ * closed if complete, to make room) and what of the slack unit's positive residuals its deposit
+ * could not hold (beyond 48 bits), transferred at its end.
  */
 interface ModelBatch {
   first: bigint | undefined;
@@ -522,7 +525,10 @@ export class SettlementModel {
     return this.slot(slot);
   }
 
-  /** Settlement._closeBatch: closes the cached slots if complete (first, then second), then pays the slack unit. */
+  /**
+   * Settlement._closeBatch: closes the cached slots if complete (first, then second), then
+   * transfers the slack unit what its deposit could not hold.
+   */
   private closeBatch(): void {
     const b = this.batch;
     if (b === undefined) throw new Error("model: no transaction to end");
@@ -569,8 +575,13 @@ export class SettlementModel {
         rest -= repaid;
         this.events.push({ name: "DebtRepaid", args: [slack, repaid, sa.debt] });
       }
-      // Transferred when the transaction ends, with any other slot's.
-      if (rest > 0n) (this.batch as ModelBatch).slackPayout += rest;
+      // The rest goes into its deposit, like a seller's earnings; what a 48-bit deposit cannot
+      // hold is transferred when the transaction ends, with any other slot's.
+      const room = UINT48_MAX - sa.deposit;
+      const credited = min(rest, room);
+      sa.deposit += credited;
+      this.totalDeposits += credited;
+      (this.batch as ModelBatch).slackPayout += rest - credited;
     } else if (residual < 0n) {
       const owed = -residual;
       const sa = this.account(slack);

@@ -30,7 +30,12 @@ import type { SignedReading } from "./readings.js";
  * and each participant's deposit moves by exactly what the transaction's events say: its deposits,
  * less its withdrawals and the debt it repaid, plus for each bill its scheduled earnings
  * (floor(|q| * P / 1000) per sale) less what its deviation cost (revenue counting as a negative
- * cost), except what it could not pay (the shortfall, which becomes debt).
+ * cost), except what it could not pay (the shortfall, which becomes debt). The slack unit's
+ * deposit likewise moves by its deposits, less its withdrawals and the debt it repaid, plus the
+ * debts others repaid to it and every closed slot's residual (a positive one goes into its
+ * deposit since 475652a), except the part of a negative one it could not pay (its new debt); and
+ * settlement transfers it only what it withdraws, plus what its 48-bit deposit cannot hold, which
+ * leaves that deposit full.
  * After every closed slot: energy conservation on deviations (demand = supply + slack supplied -
  * slack absorbed, from the test's meters and awards) and token conservation (schedule payments +
  * buyers' payments - scheduled and deviation revenue = the slack unit's residual). At the end,
@@ -57,7 +62,12 @@ export interface ScenarioStats {
   unreadClosedSlots: number;
   /** Payouts (earnings or revenue) of which a participant in debt repaid its debt first. */
   payoutRepayments: number;
+  /** Transactions that transferred the slack unit residuals its full 48-bit deposit could not hold. */
+  slackOverflows: number;
 }
+
+/** The largest deposit (a 48-bit field of the account word). */
+const UINT48_MAX = 2n ** 48n - 1n;
 
 /** The events the model predicts; all the settlement emits in these scenarios. */
 const MODEL_EVENTS = new Set([
@@ -98,6 +108,7 @@ export async function runScenario(market: Market, seed: number): Promise<Scenari
   const all = [...market.participants.values()];
   const slack = all.find((p) => p.kind === Kind.SlackUnit);
   if (slack === undefined) throw new Error("the scenario market needs a slack unit");
+  const slackAddress = slack.address;
   const pool = all.filter((p) => p !== slack);
   const chosen = rng.shuffle(pool).slice(0, 2 + rng.int(pool.length - 1));
   const meters = chosen.map<Meter>((p) => ({
@@ -117,6 +128,7 @@ export async function runScenario(market: Market, seed: number): Promise<Scenari
     nettedSellerBills: 0,
     unreadClosedSlots: 0,
     payoutRepayments: 0,
+    slackOverflows: 0,
   };
   const source = market.scheduleSource;
   const sourceAddress = await source.getAddress();
@@ -232,8 +244,16 @@ export async function runScenario(market: Market, seed: number): Promise<Scenari
     expect(canonical(chainEvents), `${where}: events`).to.deep.equal(canonical(next.events));
     model = next;
     for (const e of events) onEvent(e, where);
-    const changes = depositChanges(events, paidOut, where);
+    const { changes, slackOverflow } = depositChanges(events, paidOut, where);
     await checkState(where, changes);
+    // Settlement transfers the slack unit a residual only when its deposit cannot hold it.
+    if (slackOverflow > 0n) {
+      stats.slackOverflows += 1;
+      expect(
+        (await settlement.accountState(slackAddress)).deposit,
+        `${where}: residual transferred to the slack unit while its deposit had room`,
+      ).to.equal(UINT48_MAX);
+    }
     return true;
   }
 
@@ -243,8 +263,16 @@ export async function runScenario(market: Market, seed: number): Promise<Scenari
    * wallets); returns how each participant's deposit must have moved: + its deposits - its
    * withdrawals - the debt it repaid (out of a deposit or a payout) + for each bill its scheduled
    * earnings less the bill's amount (a revenue when negative), except the shortfall it could not pay.
+   * The slack unit's deposit moves by + its deposits - its withdrawals - the debt it repaid + the
+   * debts others repaid (credited to it) + each closed slot's residual + the part of a negative
+   * residual it could not pay (its ParticipantInDebt shortfall) - what settlement transferred it
+   * beyond its withdrawals (what a 48-bit deposit cannot hold), which is returned as well.
    */
-  function depositChanges(events: LogDescription[], paidOut: Map<string, bigint>, where: string): Map<string, bigint> {
+  function depositChanges(
+    events: LogDescription[],
+    paidOut: Map<string, bigint>,
+    where: string,
+  ): { changes: Map<string, bigint>; slackOverflow: bigint } {
     const change = new Map<string, bigint>();
     const add = (account: string, amount: bigint) => change.set(account, (change.get(account) ?? 0n) + amount);
     const withdrawn = new Map<string, bigint>();
@@ -258,6 +286,13 @@ export async function runScenario(market: Market, seed: number): Promise<Scenari
         withdrawn.set(account, (withdrawn.get(account) ?? 0n) + amount);
       } else if (e.name === "DebtRepaid") {
         add(e.args[0] as string, -(e.args[1] as bigint));
+        // A participant's repayment is credited to the slack unit, which had covered the debt.
+        if (e.args[0] !== slackAddress) add(slackAddress, e.args[1] as bigint);
+      } else if (e.name === "SlotClosed") {
+        add(slackAddress, e.args[4] as bigint);
+      } else if (e.name === "ParticipantInDebt") {
+        // The slack unit's debt is the part of a slot's negative residual its deposit could not pay.
+        if (e.args[0] === slackAddress) add(slackAddress, e.args[2] as bigint);
       } else if (e.name === "Billed") {
         const [account, slot, , sched, amount, shortfall] = e.args as unknown as [string, bigint, bigint, bigint, bigint, bigint];
         expect(seen.has(account), `${where}: ${account} billed twice in one transaction`).to.equal(false);
@@ -286,7 +321,12 @@ export async function runScenario(market: Market, seed: number): Promise<Scenari
         withdrawn.get(p.address) ?? 0n,
       );
     }
-    return change;
+    // The slack unit: its withdrawals, and beyond them only residuals its deposit cannot hold.
+    const slackWithdrawn = withdrawn.get(slackAddress) ?? 0n;
+    const slackOverflow = (paidOut.get(slackAddress) ?? 0n) - slackWithdrawn;
+    expect(slackOverflow >= 0n, `${where}: tokens settlement sent the slack unit (at least its withdrawals)`).to.equal(true);
+    add(slackAddress, -slackOverflow);
+    return { changes: change, slackOverflow };
   }
 
   function onEvent(e: LogDescription, where: string): void {
@@ -407,12 +447,10 @@ export async function runScenario(market: Market, seed: number): Promise<Scenari
         [s.lastSlot, s.billed, s.importWh, s.exportWh, s.deviationWh, s.earned, s.deposit, s.debt],
         `${where}: account ${p.name}`,
       ).to.deep.equal([m.lastSlot, m.billed, m.importWh, m.exportWh, m.deviationWh, m.earned, m.deposit, m.debt]);
-      if (p !== slack) {
-        expect(s.deposit - (seenDeposits.get(p.address) ?? 0n), `${where}: ${p.name}'s deposit moved as the events say`).to.equal(
-          changes.get(p.address) ?? 0n,
-        );
-        seenDeposits.set(p.address, s.deposit);
-      }
+      expect(s.deposit - (seenDeposits.get(p.address) ?? 0n), `${where}: ${p.name}'s deposit moved as the events say`).to.equal(
+        changes.get(p.address) ?? 0n,
+      );
+      seenDeposits.set(p.address, s.deposit);
       const before = observedRegisters.get(p.address);
       if (before !== undefined) {
         expect(s.importWh >= before[0] && s.exportWh >= before[1], `${where}: registers of ${p.name} never decrease`).to.equal(true);
