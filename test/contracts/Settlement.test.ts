@@ -382,19 +382,20 @@ describe("Settlement", function () {
       await expect(tx).to.emit(settlement, "SlotPriced").withArgs(T, 237_500n, 3_000n, 1_000n);
       await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, 3_000n, 0n, 837_500n, 0n);
       await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -1_000n, 0n, -237_500n, 0n);
-      // Residual +600_000 (2_000 Wh sold by the slack unit at retail) is transferred to the slack unit.
+      // Residual +600_000 (2_000 Wh sold by the slack unit at retail) goes into the slack unit's deposit.
       await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 1_000n, 2_000n, 0n, 600_000n);
-      await expect(tx).to.emit(token, "Transfer").withArgs(market.settlementAddress, a("slack"), 600_000n);
-      // Only the slack unit is paid by transfer; bob's revenue goes into his deposit.
+      // Bob's revenue and the slack unit's residual are both paid into deposits: no tokens move at all.
+      await expect(tx).not.to.emit(token, "Transfer");
       await expect(tx).to.changeTokenBalances(
         ethers,
         token,
         [a("bob"), a("slack"), market.settlementAddress],
-        [0n, 600_000n, -600_000n],
+        [0n, 0n, 0n],
       );
-      await market.expectDepositChanges(tx, ["alice", "bob", "slack"], [-837_500n, 237_500n, 0n]);
+      await market.expectDepositChanges(tx, ["alice", "bob", "slack"], [-837_500n, 237_500n, 600_000n]);
       expect((await settlement.accountState(a("alice"))).deposit).to.equal(DEPOSIT - 837_500n);
-      expect((await settlement.accountState(a("slack"))).deposit).to.equal(SLACK_DEPOSIT);
+      expect((await settlement.accountState(a("slack"))).deposit).to.equal(SLACK_DEPOSIT + 600_000n);
+      expect(await settlement.totalDeposits()).to.equal(4n * DEPOSIT + SLACK_DEPOSIT);
       await market.expectIdentity();
     });
 
@@ -478,14 +479,21 @@ describe("Settlement", function () {
       await expect(tx).to.emit(settlement, "Billed").withArgs(a("dave"), T, 1_999n, 0n, 516_450n, 0n);
       await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, -1_500n, 0n, -324_999n, 0n);
       await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 1_499n, 1_501n, 1n, 450_084n);
+      // The residual goes into the slack unit's deposit, bob's revenue into his: no wallet changes.
+      await expect(tx).not.to.emit(token, "Transfer");
       await expect(tx).to.changeTokenBalances(
         ethers,
         token,
         [a("bob"), a("slack"), market.settlementAddress],
-        [0n, 450_084n, -450_084n],
+        [0n, 0n, 0n],
       );
-      await market.expectDepositChanges(tx, ["alice", "dave", "bob", "slack"], [-258_633n, -516_450n, 324_999n, 0n]);
+      await market.expectDepositChanges(
+        tx,
+        ["alice", "dave", "bob", "slack"],
+        [-258_633n, -516_450n, 324_999n, 450_084n],
+      );
       await market.expectIdentity();
+      await market.expectDepositsSum();
     });
 
     it("prices a slot at its first billing and keeps that price for its later bills", async function () {
@@ -537,8 +545,15 @@ describe("Settlement", function () {
       const second = market.readSlot(T + 2n, { bob: [BASE_IMPORT, BASE_EXPORT + 2_400n] });
       await expect(second).to.emit(settlement, "Billed").withArgs(a("bob"), T, -1_000n, 0n, -237_500n, 0n);
       await expect(second).to.emit(settlement, "SlotClosed").withArgs(T, 1_000n, 2_000n, 0n, 600_000n);
-      await expect(second).to.changeTokenBalances(ethers, token, [a("bob"), a("slack")], [0n, 600_000n]);
-      await market.expectDepositChanges(second, ["bob", "slack"], [237_500n, 0n]);
+      // The residual goes into the slack unit's deposit: no tokens move.
+      await expect(second).not.to.emit(token, "Transfer");
+      await expect(second).to.changeTokenBalances(
+        ethers,
+        token,
+        [a("bob"), a("slack"), market.settlementAddress],
+        [0n, 0n, 0n],
+      );
+      await market.expectDepositChanges(second, ["bob", "slack"], [237_500n, 600_000n]);
       s = await settlement.slotState(T);
       expect([s.billed, s.closed, s.pool]).to.deep.equal([2n, true, 0n]);
       expect((await settlement.accountState(a("bob"))).deviationWh).to.equal(-1_400n);
@@ -994,7 +1009,11 @@ describe("Settlement", function () {
         const tx = settlement.settle(slot, []);
         await expect(tx).to.emit(settlement, "SlotClosed").withArgs(slot, 0n, 0n, 0n, 100_000n);
         await expect(tx).not.to.emit(settlement, "SlotPriced");
-        await expect(tx).to.changeTokenBalances(ethers, token, [a("slack"), market.settlementAddress], [100_000n, -100_000n]);
+        // The prepaid pool goes into the slack unit's deposit: no tokens move.
+        await expect(tx).not.to.emit(token, "Transfer");
+        await expect(tx).to.changeTokenBalances(ethers, token, [a("slack"), market.settlementAddress], [0n, 0n]);
+        await market.expectDepositChanges(tx, ["alice", "bob", "slack"], [0n, 0n, 100_000n]);
+        expect((await settlement.accountState(a("slack"))).deposit).to.equal(SLACK_DEPOSIT + 100_000n);
         const s = await settlement.slotState(slot);
         expect([s.readings, s.billed, s.closed, s.pool]).to.deep.equal([0n, 0n, true, 0n]);
         expect(await settlement.openPool()).to.equal(0n);
@@ -1047,18 +1066,20 @@ describe("Settlement", function () {
         await expect(tx).to.emit(settlement, "Billed").withArgs(a("alice"), T, 0n, 0n, 0n, 0n);
         await expect(tx).to.emit(settlement, "Billed").withArgs(a("dave"), T, 0n, 0n, 0n, 0n);
         await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, 0n, 246_914n, 0n, 0n);
-        // bob: floor(2_000 * 123_457 / 1000) = 246_914, into his deposit; the rounding dust, 1, is
-        // transferred to the slack unit.
+        // bob: floor(2_000 * 123_457 / 1000) = 246_914, into his deposit; the rounding dust, 1, goes
+        // into the slack unit's deposit. No tokens move.
         await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 0n, 0n, 0n, 1n);
+        await expect(tx).not.to.emit(token, "Transfer");
         await expect(tx).to.changeTokenBalances(
           ethers,
           token,
           [a("alice"), a("dave"), a("bob"), a("slack"), market.settlementAddress],
-          [0n, 0n, 0n, 1n, -1n],
+          [0n, 0n, 0n, 0n, 0n],
         );
-        await market.expectDepositChanges(tx, ["alice", "dave", "bob", "slack"], [0n, 0n, 246_914n, 0n]);
+        await market.expectDepositChanges(tx, ["alice", "dave", "bob", "slack"], [0n, 0n, 246_914n, 1n]);
         for (const name of ["alice", "dave"]) expect((await settlement.accountState(a(name))).deposit).to.equal(DEPOSIT);
         expect((await settlement.accountState(a("bob"))).deposit).to.equal(DEPOSIT + 246_914n);
+        expect((await settlement.accountState(a("slack"))).deposit).to.equal(SLACK_DEPOSIT + 1n);
         await market.expectIdentity();
         await market.expectDepositsSum();
       });
@@ -1124,10 +1145,13 @@ describe("Settlement", function () {
         await expect(tx).to.emit(settlement, "SlotPriced").withArgs(T, RETAIL, 500n, 0n);
         await expect(tx).to.emit(settlement, "Billed").withArgs(a("bob"), T, 500n, 200_000n, 150_000n, 0n);
         await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 0n, 500n, 0n, 150_000n);
-        await expect(tx).to.changeTokenBalances(ethers, token, [a("bob"), a("slack")], [0n, 150_000n]);
+        // The residual goes into the slack unit's deposit: no tokens move.
+        await expect(tx).not.to.emit(token, "Transfer");
+        await expect(tx).to.changeTokenBalances(ethers, token, [a("bob"), a("slack"), market.settlementAddress], [0n, 0n, 0n]);
         // What the revenue leaves (50_000) goes into bob's deposit; none of the bill came out of it.
-        await market.expectDepositChanges(tx, ["bob", "alice", "slack"], [50_000n, 0n, 0n]);
+        await market.expectDepositChanges(tx, ["bob", "alice", "slack"], [50_000n, 0n, 150_000n]);
         expect((await settlement.accountState(a("bob"))).deposit).to.equal(DEPOSIT + 50_000n);
+        expect((await settlement.accountState(a("slack"))).deposit).to.equal(SLACK_DEPOSIT + 150_000n);
         await market.expectIdentity();
       });
 
@@ -1146,7 +1170,11 @@ describe("Settlement", function () {
         // Pool: 200_000 prepaid + 300_000 paid - 200_000 revenue = 300_000 to the slack unit (450_000 of
         // energy less bob's 150_000 debt, which he now owes it).
         await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 0n, 1_500n, 0n, 300_000n);
-        await expect(tx).to.changeTokenBalances(ethers, token, [a("bob"), a("slack")], [0n, 300_000n]);
+        // That residual goes into the slack unit's deposit: no tokens move.
+        await expect(tx).not.to.emit(token, "Transfer");
+        await expect(tx).to.changeTokenBalances(ethers, token, [a("bob"), a("slack"), market.settlementAddress], [0n, 0n, 0n]);
+        await market.expectDepositChanges(tx, ["alice", "bob", "slack"], [0n, -100_000n, 300_000n]);
+        expect((await settlement.accountState(a("slack"))).deposit).to.equal(SLACK_DEPOSIT + 300_000n);
         const s = await settlement.accountState(a("bob"));
         expect([s.deposit, s.debt]).to.deep.equal([0n, 150_000n]);
         await market.expectIdentity();
@@ -1278,6 +1306,9 @@ describe("Settlement", function () {
         await market.readSlot(T, { alice: [BASE_IMPORT + 1_000n, BASE_EXPORT] });
         const next = market.readSlot(T + 1n, { alice: [BASE_IMPORT + 1_000n, BASE_EXPORT], bob: [BASE_IMPORT, BASE_EXPORT + 1_000n] });
         await expect(next).to.emit(settlement, "SlotClosed").withArgs(T, 0n, 0n, 0n, 100_000n);
+        // T's residual goes into the slack unit's deposit: no tokens move.
+        await expect(next).not.to.emit(token, "Transfer");
+        await market.expectDepositChanges(next, ["slack"], [100_000n]);
         const bob = await settlement.accountState(a("bob"));
         expect([bob.deviationWh, bob.earned]).to.deep.equal([0n, 100_000n]);
         await market.afterDeadline(T + 1n);
@@ -1286,8 +1317,8 @@ describe("Settlement", function () {
         await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T + 1n, 0n, 0n, 0n, -100_000n);
         await market.expectDepositChanges(tx, ["bob", "slack"], [100_000n, -100_000n]);
         await expect(tx).not.to.emit(token, "Transfer");
-        expect((await settlement.accountState(a("slack"))).deposit).to.equal(SLACK_DEPOSIT - 100_000n);
-        expect(await token.balanceOf(a("slack"))).to.equal(1000n * ONE - SLACK_DEPOSIT + 100_000n);
+        expect((await settlement.accountState(a("slack"))).deposit).to.equal(SLACK_DEPOSIT);
+        expect(await token.balanceOf(a("slack"))).to.equal(1000n * ONE - SLACK_DEPOSIT);
         await market.expectIdentity();
       });
 
@@ -1514,6 +1545,7 @@ describe("Settlement", function () {
         nettedSellerBills: 0,
         unreadClosedSlots: 0,
         payoutRepayments: 0,
+        slackOverflows: 0,
       };
       for (const seed of seeds) {
         const market = await networkHelpers.loadFixture(deployScenarioMarket);
@@ -1529,6 +1561,7 @@ describe("Settlement", function () {
         totals.nettedSellerBills += stats.nettedSellerBills;
         totals.unreadClosedSlots += stats.unreadClosedSlots;
         totals.payoutRepayments += stats.payoutRepayments;
+        totals.slackOverflows += stats.slackOverflows;
       }
       console.log(`      ${JSON.stringify(totals)}`);
       // The scenarios must actually exercise the interesting paths.
@@ -1547,8 +1580,9 @@ describe("Settlement", function () {
   describe("slack unit in bad debt", function () {
     // While the slack unit owes escrow (badDebt), the positive residual of a later slot first repays
     // that debt (as participants' repayments to the slack unit do, in Settlement._credit), and only
-    // the rest is transferred. Before 46ce2ca the residual was transferred in full: escrow stayed
-    // short, and when it held less than the residual the close reverted, blocking the slot.
+    // the rest goes into its deposit (since 475652a; it was transferred to its wallet before). Before
+    // 46ce2ca the residual was transferred in full: escrow stayed short, and when it held less than
+    // the residual the close reverted, blocking the slot.
 
     /** Slot T1: bob sells 3_000 Wh and nobody buys (slack unit owes 150_000); slot T2: alice buys 1_000 Wh at retail. */
     async function badDebtThenPositiveResidual(market: Market, slot: bigint) {
@@ -1573,9 +1607,15 @@ describe("Settlement", function () {
       await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T2, 0n, 1_000n, 0n, 300_000n);
       await expect(tx).to.emit(settlement, "DebtRepaid").withArgs(a("slack"), 150_000n, 0n);
       await market.expectIdentity();
+      await market.expectDepositsSum();
       expect(await settlement.badDebt(), "bad debt left while the slack unit was paid").to.equal(0n);
       expect((await settlement.accountState(a("slack"))).debt).to.equal(0n);
-      await expect(tx).to.changeTokenBalances(ethers, token, [a("slack"), market.settlementAddress], [150_000n, -150_000n]);
+      // What the debt leaves goes into the slack unit's deposit: no tokens move.
+      await expect(tx).not.to.emit(token, "Transfer");
+      await expect(tx).to.changeTokenBalances(ethers, token, [a("slack"), market.settlementAddress], [0n, 0n]);
+      await market.expectDepositChanges(tx, ["alice", "slack"], [-300_000n, 150_000n]);
+      expect((await settlement.accountState(a("slack"))).deposit).to.equal(150_000n);
+      expect(await settlement.withdrawable(a("slack"))).to.equal(150_000n);
     });
 
     it("a positive residual smaller than the bad debt repays part of it and transfers nothing", async function () {
@@ -1591,8 +1631,10 @@ describe("Settlement", function () {
       await expect(tx).to.emit(settlement, "SlotClosed").withArgs(slot + 2n, 0n, 300n, 0n, 90_000n);
       await expect(tx).to.emit(settlement, "DebtRepaid").withArgs(a("slack"), 90_000n, 60_000n);
       await expect(tx).not.to.emit(token, "Transfer");
+      await market.expectDepositChanges(tx, ["alice", "slack"], [-90_000n, 0n]);
       expect(await settlement.badDebt()).to.equal(60_000n);
       expect((await settlement.accountState(a("slack"))).debt).to.equal(60_000n);
+      expect((await settlement.accountState(a("slack"))).deposit).to.equal(0n);
       await market.expectIdentity();
     });
 
@@ -1603,8 +1645,62 @@ describe("Settlement", function () {
       await settlement.connect(market.p("alice").signer).withdraw(DEPOSIT - 300_000n); // exactly alice's T2 bill
       const T2 = await badDebtThenPositiveResidual(market, slot);
       // Escrow holds 150_000 (alice's deposit less bob's payout); the residual is 300_000.
-      await expect(settlement.settle(T2, [a("alice"), a("bob")])).to.emit(settlement, "SlotClosed");
+      const tx = settlement.settle(T2, [a("alice"), a("bob")]);
+      await expect(tx).to.emit(settlement, "SlotClosed");
+      // 150_000 repays the bad debt and 150_000 goes into the slack unit's deposit: no transfer.
+      await expect(tx).not.to.emit(market.token, "Transfer");
+      expect((await settlement.accountState(a("slack"))).deposit).to.equal(150_000n);
+      expect(await settlement.badDebt()).to.equal(0n);
       await market.expectIdentity();
+      await market.expectDepositsSum();
+    });
+  });
+
+  describe("the slack unit's residual beyond its 48-bit deposit", function () {
+    it("credits what the deposit can hold and transfers only the rest, at the end of the transaction", async function () {
+      const { market, settlement, token, slot, a } = await fixture();
+      const cap = 2n ** 48n - 1n;
+      // The slack unit's deposit 100_000 short of the cap.
+      const top = cap - 100_000n - SLACK_DEPOSIT;
+      await token.mint(a("slack"), top);
+      await settlement.connect(market.p("slack").signer).deposit(top);
+      expect((await settlement.accountState(a("slack"))).deposit).to.equal(cap - 100_000n);
+      // Scarcity as above: a residual of +600_000, of which the deposit holds 100_000.
+      const T = await meteredSlot(market, slot, { alice: [3_000n, 0n], bob: [0n, 1_000n] });
+      await market.afterDeadline(T);
+      const tx = settlement.settle(T, [a("bob"), a("alice")]);
+      await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T, 1_000n, 2_000n, 0n, 600_000n);
+      await expect(tx).not.to.emit(settlement, "DebtRepaid");
+      await expect(tx).to.changeTokenBalances(
+        ethers,
+        token,
+        [a("alice"), a("bob"), a("slack"), market.settlementAddress],
+        [0n, 0n, 500_000n, -500_000n],
+      );
+      await market.expectDepositChanges(tx, ["alice", "bob", "slack"], [-837_500n, 237_500n, 100_000n]);
+      expect((await settlement.accountState(a("slack"))).deposit).to.equal(cap);
+      // One transfer, the transaction's last log: after every event of the batch.
+      const receipt = await (await tx).wait();
+      if (receipt === null) throw new Error("no receipt");
+      const transfers = receipt.logs.filter((log) => token.interface.parseLog(log)?.name === "Transfer");
+      expect(transfers.length).to.equal(1);
+      expect(receipt.logs[receipt.logs.length - 1]).to.equal(transfers[0]);
+      const transfer = token.interface.parseLog(transfers[0] as (typeof receipt.logs)[number]);
+      expect([...(transfer?.args ?? [])]).to.deep.equal([market.settlementAddress, a("slack"), 500_000n]);
+      await market.expectIdentity();
+      await market.expectDepositsSum();
+
+      // Full: the next positive residual is transferred whole.
+      const T2 = T + 1n;
+      await market.readSlot(T2, { alice: [BASE_IMPORT + 4_000n, BASE_EXPORT], bob: [BASE_IMPORT, BASE_EXPORT + 1_000n] });
+      await market.afterDeadline(T2);
+      const tx2 = settlement.settle(T2, [a("alice"), a("bob")]);
+      // alice: 1_000 Wh at retail, 300_000; bob exported nothing in T2.
+      await expect(tx2).to.emit(settlement, "SlotClosed").withArgs(T2, 0n, 1_000n, 0n, 300_000n);
+      await expect(tx2).to.changeTokenBalances(ethers, token, [a("slack"), market.settlementAddress], [300_000n, -300_000n]);
+      await market.expectDepositChanges(tx2, ["alice", "slack"], [-300_000n, 0n]);
+      await market.expectIdentity();
+      await market.expectDepositsSum();
     });
   });
 
