@@ -955,17 +955,52 @@ describe("IntradayMarket limits (once known bugs, now fixed)", function () {
 
   it("IntradayMarket's fullest book (MAX_BOOK_SIZE downward offers, all activated, each refunded part of its escrow) clears within one transaction (2^24 gas)", async () => {
     const fx = await fixture();
-    const { intraday, slot, forecast, inClearing, clearingOf, expectEscrow } = fx;
-    await fillBook(fx);
+    const { da, intraday, address, slot, forecast, inClearing, clearingOf, expectEscrow } = fx;
+    const max = BigInt(await intraday.MAX_BOOK_SIZE());
+    const { people, escrow } = await fillBook(fx);
+    expect(BigInt(people.length)).to.equal(max);
+    // The worst case: no owner has a day-ahead order in the slot, so every activation creates its
+    // owner's schedule word in the day-ahead market.
+    for (const p of people) {
+      const order = await da.dayAhead.orderOf(slot, p.account);
+      expect([order.placed, order.qtyWh, order.activatedWh], `${p.account}'s day-ahead order`).to.deep.equal([false, 0n, 0n]);
+    }
     // A long system that needs every offer: all activated at the lowest limit, all others refunded the difference.
     await forecast("alice", slot, [-200_000n]);
     await inClearing(slot);
     const c = await clearingOf(slot);
-    expect(c.volumeWh).to.equal(60_000n);
+    expect(c.downs.length).to.equal(Number(max));
+    expect(c.ups.length).to.equal(0);
+    expect(c.volumeWh).to.equal(max * 100n);
     expect(c.downActivationsWh.every((w) => w === 100n)).to.equal(true);
-    // About 21,800 gas an offer (its activation, event and refund transfer): 600 fit under the cap.
+    const lowest = people.reduce((low, p) => (p.price < low ? p.price : low), CAP);
+    expect(c.price).to.equal(lowest);
+    // About 45,500 gas an offer (its activation, the new schedule word, event and refund transfer;
+    // 13.65 million in all): MAX_BOOK_SIZE = 300 fit under the cap (600 did, at about 21,800 each,
+    // when an activation wrote no schedule word).
     const receipt = await (await intraday.clear(c, { gasLimit: 2n ** 24n })).wait();
     expect(receipt!.gasUsed).to.be.lessThanOrEqual(2n ** 24n);
+    console.log(`      gas, the fullest balancing book (${max} offers): clear ${receipt!.gasUsed} (${receipt!.gasUsed / max}/offer) of ${2n ** 24n}`);
+    // Every offer activated, and refunded what its escrow held beyond the clearing price: all but the
+    // marginal one (at the clearing price), whose escrow pays exactly its cost.
+    const activations = activationEvents(receipt, intraday, address);
+    expect(activations.length).to.equal(Number(max));
+    const paid = ceilDiv(100n * lowest, 1000n);
+    for (const p of people) {
+      const event = activations.find((e) => e[0] === p.account);
+      expect(event, `${p.account} activated`).to.deep.equal([p.account, DOWN, 100n, downEscrowOf(100n, p.price) - paid]);
+      const refund = event![3] as bigint;
+      expect(refund > 0n, `${p.account} refunded`).to.equal(p.price !== lowest);
+      // Its activation joins its schedule: a new word in the day-ahead market.
+      const order = await da.dayAhead.orderOf(slot, p.account);
+      expect([order.placed, order.activatedWh]).to.deep.equal([false, 100n]);
+    }
+    // The escrow leaves in max - 1 refund transfers and one of the cost to settlement.
+    const transfers = eventsOf(receipt, fx.m.token.interface, await fx.m.token.getAddress(), "Transfer").filter((e) => e.args[0] === address);
+    const toSettlement = transfers.filter((e) => e.args[1] === fx.m.settlementAddress);
+    expect(toSettlement.map((e) => e.args[2])).to.deep.equal([max * paid]);
+    expect(transfers.length - toSettlement.length).to.equal(Number(max) - 1);
+    expect(transfers.reduce((sum, e) => sum + (e.args[2] as bigint), 0n)).to.equal(escrow);
     await expectEscrow(0n);
   });
 
