@@ -518,7 +518,7 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
             a.inDebt = debt > repaid;
             amount -= repaid;
             emit DebtRepaid(account, repaid, debt - repaid);
-            _credit(_slackUnit(), repaid); // the slack unit had covered it
+            b.slackPayout += _paySlack(_slackUnit(), repaid); // the slack unit had covered it
         }
         uint256 room = type(uint48).max - a.deposit;
         if (amount > room) {
@@ -626,25 +626,9 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
         b.poolChange -= residual;
         emit SlotClosed(slot, localWh, demand - localWh, supply - localWh, residual);
         if (residual > 0) {
-            // The slack unit's uncovered debt is a hole in escrow: fill it first.
-            uint256 amount = uint256(residual);
-            uint256 debt = _debt[slack];
-            uint256 repaid = Math.min(debt, amount);
-            if (repaid > 0) {
-                _debt[slack] = debt - repaid;
-                badDebt -= repaid;
-                emit DebtRepaid(slack, repaid, debt - repaid);
-            }
-            // The rest goes into its deposit, like any seller's earnings: a batch then makes no
-            // token transfer at all, so escrow liquidity can never hold up everyone's readings.
-            Account storage sa = _accounts[slack];
-            if (repaid == debt) sa.inDebt = false;
-            uint256 rest = amount - repaid;
-            uint256 room = type(uint48).max - sa.deposit;
-            uint256 credited = Math.min(rest, room);
-            sa.deposit += uint48(credited);
-            b.depositChange += int256(credited);
-            b.slackPayout += rest - credited; // beyond 48 bits (281 million tokens): to its wallet
+            // Into its deposit, like any seller's earnings: a batch then makes no token transfer,
+            // so neither escrow liquidity nor a recipient can hold up everyone's readings.
+            b.slackPayout += _paySlack(slack, uint256(residual));
         } else if (residual < 0) {
             uint256 owed = uint256(-residual);
             Account storage sa = _accounts[slack];
@@ -674,14 +658,19 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
         if (registry.participant(account).status == IParticipantRegistry.Status.None) {
             revert SettlementNotRegistered(account);
         }
-        _credit(account, amount);
+        uint256 slackExcess = _credit(account, amount);
         emit Deposited(account, from, amount);
         token.safeTransferFrom(from, address(this), amount);
+        if (slackExcess > 0) token.safeTransfer(_slackUnit(), slackExcess);
     }
 
-    /// @dev Credits `amount` to `account`'s deposit, repaying its debt first: a participant's
-    /// debt to the slack unit's deposit, the slack unit's own uncovered debt to escrow.
-    function _credit(address account, uint256 amount) private {
+    /**
+     * @dev Credits `amount` to `account`'s deposit, repaying its debt first: a participant's
+     * debt to the slack unit's deposit, the slack unit's own uncovered debt to escrow. Returns
+     * what the slack unit's deposit could not hold of such a repayment, for the caller to
+     * transfer to it last.
+     */
+    function _credit(address account, uint256 amount) private returns (uint256 slackExcess) {
         uint256 debt = _debt[account];
         if (debt > 0) {
             uint256 repaid = Math.min(debt, amount);
@@ -690,15 +679,37 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
             emit DebtRepaid(account, repaid, debt - repaid);
             address slack = _slackUnit();
             if (account == slack) badDebt -= repaid;
-            else _credit(slack, repaid);
+            else slackExcess = _paySlack(slack, repaid);
             if (repaid == debt) _accounts[account].inDebt = false;
         }
-        if (amount == 0) return;
+        if (amount == 0) return slackExcess;
         Account storage a = _accounts[account];
         uint256 balance = a.deposit + amount;
         if (balance > type(uint48).max) revert SettlementDepositTooLarge(account, balance);
         a.deposit = uint48(balance);
         totalDeposits += amount;
+    }
+
+    /**
+     * @dev Pays `amount` to the slack unit: first its uncovered debt (a hole in escrow), then into
+     * its deposit. Returns what a 48-bit deposit (about 281 million tokens) cannot hold, for the
+     * caller to transfer to its wallet last, so that a full deposit never blocks settlement.
+     */
+    function _paySlack(address slack, uint256 amount) private returns (uint256 excess) {
+        uint256 debt = _debt[slack];
+        Account storage sa = _accounts[slack];
+        if (debt > 0) {
+            uint256 repaid = Math.min(debt, amount);
+            _debt[slack] = debt - repaid;
+            badDebt -= repaid;
+            amount -= repaid;
+            emit DebtRepaid(slack, repaid, debt - repaid);
+            if (repaid == debt) sa.inDebt = false;
+        }
+        uint256 credited = Math.min(amount, type(uint48).max - sa.deposit);
+        sa.deposit += uint48(credited);
+        totalDeposits += credited;
+        return amount - credited;
     }
 
     function _setPrices(uint256 feedIn, uint256 retail) private {

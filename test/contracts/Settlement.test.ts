@@ -1704,6 +1704,39 @@ describe("Settlement", function () {
     });
   });
 
+  describe("a debt repaid to a slack unit whose deposit is full", function () {
+    it("sends the slack unit what its deposit cannot hold, so settle and readings go on", async function () {
+      const { market, settlement, token, slot, a } = await fixture();
+      const cap = 2n ** 48n - 1n;
+      const top = cap - SLACK_DEPOSIT;
+      await token.mint(a("slack"), top);
+      await settlement.connect(market.p("slack").signer).deposit(top);
+      expect((await settlement.accountState(a("slack"))).deposit).to.equal(cap);
+      // Bob, with nothing deposited, imports 1_000 Wh that nobody sells: 300_000 of debt.
+      await settlement.connect(market.p("bob").signer).withdraw(DEPOSIT);
+      const T = await meteredSlot(market, slot, { alice: [0n, 0n], bob: [1_000n, 0n] });
+      await market.afterDeadline(T);
+      await expect(settlement.settle(T, [a("alice"), a("bob")])).to.emit(settlement, "ParticipantInDebt").withArgs(a("bob"), T, 300_000n, 300_000n);
+      // Then he exports 1_000 Wh: what he earns repays his debt to the slack unit, whose deposit is full.
+      const T2 = T + 1n;
+      await market.readSlot(T2, { alice: [BASE_IMPORT, BASE_EXPORT], bob: [BASE_IMPORT + 1_000n, BASE_EXPORT + 1_000n] });
+      await market.afterDeadline(T2);
+      const tx = settlement.settle(T2, [a("alice"), a("bob")]);
+      // 1_000 Wh to the slack unit at feed-in: 50_000 earned, all of it repaying the debt.
+      await expect(tx).to.emit(settlement, "DebtRepaid").withArgs(a("bob"), 50_000n, 250_000n);
+      await expect(tx).to.changeTokenBalances(ethers, token, [a("slack"), market.settlementAddress], [50_000n, -50_000n]);
+      // The slack unit's deposit, still full when Bob repaid, then paid for his surplus as the slot closed.
+      await expect(tx).to.emit(settlement, "SlotClosed").withArgs(T2, 0n, 0n, 1_000n, -50_000n);
+      await market.expectDepositChanges(tx, ["bob", "slack"], [0n, -50_000n]);
+      expect((await settlement.accountState(a("bob"))).debt).to.equal(250_000n);
+      // The next readings of both, in one batch, are accepted.
+      await market.readSlot(T2 + 1n, { alice: [BASE_IMPORT, BASE_EXPORT], bob: [BASE_IMPORT + 1_000n, BASE_EXPORT + 2_000n] });
+      expect((await settlement.accountState(a("bob"))).lastSlot).to.equal(T2 + 1n);
+      await market.expectIdentity();
+      await market.expectDepositsSum();
+    });
+  });
+
   describe("setPrices", function () {
     it("lets the regulator set prices and emits PricesSet", async function () {
       const { settlement } = await fixture();
