@@ -566,6 +566,9 @@ async function meterAgentRss(ctx: BenchContext, chain: Chain, key: string, accou
         meter: { transport: "tcp", host: "127.0.0.1", port: server.port, unitId: 1, model: "sdm630" },
         stateFile: path.join(dir, "state.json"),
         pollIntervalMs: 1000,
+        // This chain's settlement has 10-second slots and no markets: the agent meters only.
+        dayAhead: false,
+        intraday: false,
       }),
     );
     const tsx = path.join(PROJECT_ROOT, "node_modules", ".bin", "tsx");
