@@ -10,72 +10,72 @@ import * as Contracts from "./index.js";
 
 declare module "@nomicfoundation/hardhat-ethers/types" {
   interface HardhatEthersHelpers extends HardhatEthersHelpersBase {
-  getContractFactory(name: 'IMeterLedger', signerOrOptions?: ethers.Signer | FactoryOptions): Promise<Contracts.IMeterLedger__factory>
-getContractFactory(name: 'MeterLedger', signerOrOptions?: ethers.Signer | FactoryOptions): Promise<Contracts.MeterLedger__factory>
-getContractFactory(name: 'DayAheadMarket', signerOrOptions?: ethers.Signer | FactoryOptions): Promise<Contracts.DayAheadMarket__factory>
+  getContractFactory(name: 'DayAheadMarket', signerOrOptions?: ethers.Signer | FactoryOptions): Promise<Contracts.DayAheadMarket__factory>
 getContractFactory(name: 'IDayAheadMarket', signerOrOptions?: ethers.Signer | FactoryOptions): Promise<Contracts.IDayAheadMarket__factory>
 getContractFactory(name: 'IIntradayMarket', signerOrOptions?: ethers.Signer | FactoryOptions): Promise<Contracts.IIntradayMarket__factory>
 getContractFactory(name: 'IntradayMarket', signerOrOptions?: ethers.Signer | FactoryOptions): Promise<Contracts.IntradayMarket__factory>
+getContractFactory(name: 'IMeterLedger', signerOrOptions?: ethers.Signer | FactoryOptions): Promise<Contracts.IMeterLedger__factory>
+getContractFactory(name: 'MeterLedger', signerOrOptions?: ethers.Signer | FactoryOptions): Promise<Contracts.MeterLedger__factory>
 getContractFactory(name: 'IParticipantRegistry', signerOrOptions?: ethers.Signer | FactoryOptions): Promise<Contracts.IParticipantRegistry__factory>
 getContractFactory(name: 'ParticipantRegistry', signerOrOptions?: ethers.Signer | FactoryOptions): Promise<Contracts.ParticipantRegistry__factory>
-getContractFactory(name: 'TestBalancingSource', signerOrOptions?: ethers.Signer | FactoryOptions): Promise<Contracts.TestBalancingSource__factory>
-getContractFactory(name: 'TestScheduleSource', signerOrOptions?: ethers.Signer | FactoryOptions): Promise<Contracts.TestScheduleSource__factory>
 getContractFactory(name: 'IBalancingSource', signerOrOptions?: ethers.Signer | FactoryOptions): Promise<Contracts.IBalancingSource__factory>
 getContractFactory(name: 'IScheduleSink', signerOrOptions?: ethers.Signer | FactoryOptions): Promise<Contracts.IScheduleSink__factory>
 getContractFactory(name: 'IScheduleSource', signerOrOptions?: ethers.Signer | FactoryOptions): Promise<Contracts.IScheduleSource__factory>
 getContractFactory(name: 'ISettlement', signerOrOptions?: ethers.Signer | FactoryOptions): Promise<Contracts.ISettlement__factory>
 getContractFactory(name: 'Settlement', signerOrOptions?: ethers.Signer | FactoryOptions): Promise<Contracts.Settlement__factory>
+getContractFactory(name: 'TestBalancingSource', signerOrOptions?: ethers.Signer | FactoryOptions): Promise<Contracts.TestBalancingSource__factory>
+getContractFactory(name: 'TestScheduleSource', signerOrOptions?: ethers.Signer | FactoryOptions): Promise<Contracts.TestScheduleSource__factory>
 getContractFactory(name: 'EnergyToken', signerOrOptions?: ethers.Signer | FactoryOptions): Promise<Contracts.EnergyToken__factory>
 
-  getContractAt(name: 'IMeterLedger', address: string | ethers.Addressable, signer?: ethers.Signer): Promise<Contracts.IMeterLedger>
-getContractAt(name: 'MeterLedger', address: string | ethers.Addressable, signer?: ethers.Signer): Promise<Contracts.MeterLedger>
-getContractAt(name: 'DayAheadMarket', address: string | ethers.Addressable, signer?: ethers.Signer): Promise<Contracts.DayAheadMarket>
+  getContractAt(name: 'DayAheadMarket', address: string | ethers.Addressable, signer?: ethers.Signer): Promise<Contracts.DayAheadMarket>
 getContractAt(name: 'IDayAheadMarket', address: string | ethers.Addressable, signer?: ethers.Signer): Promise<Contracts.IDayAheadMarket>
 getContractAt(name: 'IIntradayMarket', address: string | ethers.Addressable, signer?: ethers.Signer): Promise<Contracts.IIntradayMarket>
 getContractAt(name: 'IntradayMarket', address: string | ethers.Addressable, signer?: ethers.Signer): Promise<Contracts.IntradayMarket>
+getContractAt(name: 'IMeterLedger', address: string | ethers.Addressable, signer?: ethers.Signer): Promise<Contracts.IMeterLedger>
+getContractAt(name: 'MeterLedger', address: string | ethers.Addressable, signer?: ethers.Signer): Promise<Contracts.MeterLedger>
 getContractAt(name: 'IParticipantRegistry', address: string | ethers.Addressable, signer?: ethers.Signer): Promise<Contracts.IParticipantRegistry>
 getContractAt(name: 'ParticipantRegistry', address: string | ethers.Addressable, signer?: ethers.Signer): Promise<Contracts.ParticipantRegistry>
-getContractAt(name: 'TestBalancingSource', address: string | ethers.Addressable, signer?: ethers.Signer): Promise<Contracts.TestBalancingSource>
-getContractAt(name: 'TestScheduleSource', address: string | ethers.Addressable, signer?: ethers.Signer): Promise<Contracts.TestScheduleSource>
 getContractAt(name: 'IBalancingSource', address: string | ethers.Addressable, signer?: ethers.Signer): Promise<Contracts.IBalancingSource>
 getContractAt(name: 'IScheduleSink', address: string | ethers.Addressable, signer?: ethers.Signer): Promise<Contracts.IScheduleSink>
 getContractAt(name: 'IScheduleSource', address: string | ethers.Addressable, signer?: ethers.Signer): Promise<Contracts.IScheduleSource>
 getContractAt(name: 'ISettlement', address: string | ethers.Addressable, signer?: ethers.Signer): Promise<Contracts.ISettlement>
 getContractAt(name: 'Settlement', address: string | ethers.Addressable, signer?: ethers.Signer): Promise<Contracts.Settlement>
+getContractAt(name: 'TestBalancingSource', address: string | ethers.Addressable, signer?: ethers.Signer): Promise<Contracts.TestBalancingSource>
+getContractAt(name: 'TestScheduleSource', address: string | ethers.Addressable, signer?: ethers.Signer): Promise<Contracts.TestScheduleSource>
 getContractAt(name: 'EnergyToken', address: string | ethers.Addressable, signer?: ethers.Signer): Promise<Contracts.EnergyToken>
 
-  deployContract(name: 'IMeterLedger', signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.IMeterLedger>
-deployContract(name: 'MeterLedger', signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.MeterLedger>
-deployContract(name: 'DayAheadMarket', signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.DayAheadMarket>
+  deployContract(name: 'DayAheadMarket', signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.DayAheadMarket>
 deployContract(name: 'IDayAheadMarket', signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.IDayAheadMarket>
 deployContract(name: 'IIntradayMarket', signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.IIntradayMarket>
 deployContract(name: 'IntradayMarket', signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.IntradayMarket>
+deployContract(name: 'IMeterLedger', signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.IMeterLedger>
+deployContract(name: 'MeterLedger', signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.MeterLedger>
 deployContract(name: 'IParticipantRegistry', signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.IParticipantRegistry>
 deployContract(name: 'ParticipantRegistry', signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.ParticipantRegistry>
-deployContract(name: 'TestBalancingSource', signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.TestBalancingSource>
-deployContract(name: 'TestScheduleSource', signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.TestScheduleSource>
 deployContract(name: 'IBalancingSource', signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.IBalancingSource>
 deployContract(name: 'IScheduleSink', signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.IScheduleSink>
 deployContract(name: 'IScheduleSource', signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.IScheduleSource>
 deployContract(name: 'ISettlement', signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.ISettlement>
 deployContract(name: 'Settlement', signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.Settlement>
+deployContract(name: 'TestBalancingSource', signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.TestBalancingSource>
+deployContract(name: 'TestScheduleSource', signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.TestScheduleSource>
 deployContract(name: 'EnergyToken', signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.EnergyToken>
 
-  deployContract(name: 'IMeterLedger', args: any[], signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.IMeterLedger>
-deployContract(name: 'MeterLedger', args: any[], signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.MeterLedger>
-deployContract(name: 'DayAheadMarket', args: any[], signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.DayAheadMarket>
+  deployContract(name: 'DayAheadMarket', args: any[], signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.DayAheadMarket>
 deployContract(name: 'IDayAheadMarket', args: any[], signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.IDayAheadMarket>
 deployContract(name: 'IIntradayMarket', args: any[], signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.IIntradayMarket>
 deployContract(name: 'IntradayMarket', args: any[], signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.IntradayMarket>
+deployContract(name: 'IMeterLedger', args: any[], signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.IMeterLedger>
+deployContract(name: 'MeterLedger', args: any[], signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.MeterLedger>
 deployContract(name: 'IParticipantRegistry', args: any[], signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.IParticipantRegistry>
 deployContract(name: 'ParticipantRegistry', args: any[], signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.ParticipantRegistry>
-deployContract(name: 'TestBalancingSource', args: any[], signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.TestBalancingSource>
-deployContract(name: 'TestScheduleSource', args: any[], signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.TestScheduleSource>
 deployContract(name: 'IBalancingSource', args: any[], signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.IBalancingSource>
 deployContract(name: 'IScheduleSink', args: any[], signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.IScheduleSink>
 deployContract(name: 'IScheduleSource', args: any[], signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.IScheduleSource>
 deployContract(name: 'ISettlement', args: any[], signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.ISettlement>
 deployContract(name: 'Settlement', args: any[], signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.Settlement>
+deployContract(name: 'TestBalancingSource', args: any[], signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.TestBalancingSource>
+deployContract(name: 'TestScheduleSource', args: any[], signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.TestScheduleSource>
 deployContract(name: 'EnergyToken', args: any[], signerOrOptions?: ethers.Signer | DeployContractOptions): Promise<Contracts.EnergyToken>
 
     // default types
