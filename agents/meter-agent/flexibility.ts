@@ -1,7 +1,6 @@
-import modbusSerial from "modbus-serial";
 import { ConfigError, MarketError } from "../errors.js";
 import { silentLogger, type Logger } from "../log.js";
-import type { MeterConnection, ModbusMeter, SetpointType } from "../meters/modbusMeter.js";
+import type { ModbusMeter, SetpointType } from "../meters/modbusMeter.js";
 import { BATTERY_MODE, DEVICE_INPUTS, EV_MODE, SETPOINT_REGISTERS } from "../simulator/meterServer.js";
 import type { HouseholdSpec } from "../simulator/profiles.js";
 
@@ -321,106 +320,13 @@ export interface FlexibilityIo {
   writeSetpoint(register: number, value: number, type: SetpointType): Promise<void>;
 }
 
-const ModbusRTU = modbusSerial.default;
-type ModbusRTU = InstanceType<typeof ModbusRTU>;
-
 /**
- * FlexibilityIo over the meter's Modbus TCP link: set-points and power go through the
- * agent's ModbusMeter (its queue, retries and backoff); device state is read on a second
- * TCP connection to the same gateway, since ModbusMeter reads only energy and power
- * registers. Over RTU the serial port is ModbusMeter's alone, so this refuses it.
- */
-export class ModbusFlexibilityIo implements FlexibilityIo {
-  private client: ModbusRTU | undefined;
-  private queue: Promise<unknown> = Promise.resolve();
-  private readonly timeoutMs: number;
-
-  constructor(
-    private readonly meter: ModbusMeter,
-    private readonly connection: MeterConnection,
-    options: { timeoutMs?: number } = {},
-  ) {
-    if (connection.kind !== "tcp") {
-      throw new ConfigError(
-        "meter.transport",
-        "flexibility needs the device state registers, which are read over Modbus TCP only; over RTU pass a FlexibilityIo that shares the serial link",
-      );
-    }
-    this.timeoutMs = options.timeoutMs ?? 2_000;
-  }
-
-  readPowerW(): Promise<number> {
-    return this.meter.readPowerW();
-  }
-
-  writeSetpoint(register: number, value: number, type: SetpointType): Promise<void> {
-    return this.meter.writeSetpoint(register, value, type);
-  }
-
-  readInputRegisters(address: number, length: number): Promise<number[]> {
-    const run = this.queue.then(async () => {
-      let lastError: unknown;
-      for (let attempt = 1; attempt <= 2; attempt += 1) {
-        try {
-          const client = this.client ?? (await this.connect());
-          const result = await client.readInputRegisters(address, length);
-          return result.data;
-        } catch (error) {
-          if (typeof (error as { modbusCode?: unknown }).modbusCode === "number") {
-            throw new MarketError("FLEX_DEVICE", `device registers ${address} to ${address + length - 1}: ${(error as Error).message}; check assets.devices[].registers`, { cause: error });
-          }
-          lastError = error;
-          this.drop();
-        }
-      }
-      throw new MarketError("FLEX_OFFLINE", `device registers at ${describeConnection(this.connection)} are not answering: ${(lastError as Error)?.message}`, { cause: lastError });
-    });
-    this.queue = run.catch(() => {});
-    return run;
-  }
-
-  async close(): Promise<void> {
-    await this.queue.catch(() => {});
-    this.drop();
-  }
-
-  private async connect(): Promise<ModbusRTU> {
-    const c = this.connection as Extract<MeterConnection, { kind: "tcp" }>;
-    const client = new ModbusRTU();
-    client.on("error", () => {});
-    let timer: NodeJS.Timeout | undefined;
-    try {
-      await Promise.race([
-        client.connectTCP(c.host, { port: c.port }),
-        new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(new Error(`connect timed out after ${this.timeoutMs} ms`)), this.timeoutMs);
-        }),
-      ]);
-    } catch (error) {
-      client.destroy(() => {});
-      throw error;
-    } finally {
-      clearTimeout(timer);
-    }
-    client.setID(c.unitId);
-    client.setTimeout(this.timeoutMs);
-    this.client = client;
-    return client;
-  }
-
-  private drop(): void {
-    const client = this.client;
-    this.client = undefined;
-    client?.destroy(() => {});
-  }
-}
-
-/**
- * FlexibilityIo through ModbusMeter clients, for the meter agent on a Pi: the house's power
- * from the meter, the devices' state and set-points through `devices` (the meter's own client
- * when the inverter and charger answer on the meter's link, over RTU too, or a client of their
- * own link), addressed to `unitId` if they have a unit id of their own on that link. Every
- * request goes through the client's queue, retries and backoff, so one serial bus serves all.
+ * FlexibilityIo through ModbusMeter clients, for the meter agent on a Pi as for the demo and
+ * tests: the house's power from the meter, the devices' state and set-points through `devices`
+ * (the meter's own client when the inverter and charger answer on the meter's link, over RTU
+ * too, or a client of their own link), addressed to `unitId` if they have a unit id of their
+ * own on that link. Every request goes through the client's queue, retries and backoff, so one
+ * serial bus serves all.
  */
 export class ModbusDeviceIo implements FlexibilityIo {
   constructor(
@@ -447,10 +353,6 @@ export class ModbusDeviceIo implements FlexibilityIo {
   writeSetpoint(register: number, value: number, type: SetpointType): Promise<void> {
     return this.devices.writeSetpoint(register, value, type, this.unitId);
   }
-}
-
-function describeConnection(c: MeterConnection): string {
-  return c.kind === "tcp" ? `tcp://${c.host}:${c.port}/${c.unitId}` : `rtu://${c.path}/${c.unitId}`;
 }
 
 function float32At(words: Map<number, number>, address: number): number {

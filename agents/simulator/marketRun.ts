@@ -13,7 +13,7 @@ import { DayAheadClearer, type DayAheadSlotResult } from "../master/dayAheadClea
 import { MasterAgent, type MasterState, type SlotReport } from "../master/masterAgent.js";
 import { ReadingInbox } from "../master/readingInbox.js";
 import { DayAheadTrader, DEFAULT_STRATEGY, type PriceStrategy } from "../meter-agent/dayAheadTrader.js";
-import { assetsOfSimulatedHousehold, FlexibilityController, ModbusFlexibilityIo } from "../meter-agent/flexibility.js";
+import { assetsOfSimulatedHousehold, FlexibilityController, ModbusDeviceIo } from "../meter-agent/flexibility.js";
 import { DEFAULT_FLEX_PRICING, IntradayTrader } from "../meter-agent/intradayTrader.js";
 import { MeterAgent, type MeterAgentState } from "../meter-agent/meterAgent.js";
 import { JsonStore } from "../meter-agent/store.js";
@@ -190,7 +190,7 @@ export async function withSimulatedMarket<T>(
           const flexibility = assets
             ? new FlexibilityController({
                 assets,
-                io: new ModbusFlexibilityIo(meter, { kind: "tcp", host: "127.0.0.1", port: m.server.port, unitId: 1 }),
+                io: new ModbusDeviceIo(meter),
                 slotSeconds,
                 clock,
                 logger: (r) => logger({ ...r, agent: m.member.id }),

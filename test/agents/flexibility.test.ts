@@ -4,7 +4,7 @@ import { parseMeterAgentConfig } from "../../agents/meter-agent/config.js";
 import {
   FlexibilityController,
   assetsOfSimulatedHousehold,
-  ModbusFlexibilityIo,
+  ModbusDeviceIo,
   parseAssets,
   pickOffer,
   type FlexibilityOffer,
@@ -76,7 +76,7 @@ async function rig(spec: HouseholdSpec, start: Date, devices: unknown[], extra: 
   const server = await MeterServer.start({ household: spec, clock });
   const connection: TcpConnection = { kind: "tcp", host: server.host, port: server.port, unitId: 1 };
   const meter = new ModbusMeter({ connection, map: SDM630, clock, requestTimeoutMs: 1_000, maxWaitMs: 3_000 });
-  const io = new ModbusFlexibilityIo(meter, connection);
+  const io = new ModbusDeviceIo(meter);
   const assets = parseAssets({ utcOffsetMinutes: UTC_OFFSET, devices, ...extra });
   const controller = new FlexibilityController({ assets, io, slotSeconds: SLOT_SECONDS, clock });
   const twin = new HouseholdSimulator(spec, start);
@@ -92,7 +92,6 @@ async function rig(spec: HouseholdSpec, start: Date, devices: unknown[], extra: 
       return { meterWh: Number(r.importWh - r.exportWh), twinWh: twin.registers.importWh - twin.registers.exportWh };
     },
     async close() {
-      await io.close();
       await meter.close();
       await server.close();
     },
@@ -101,14 +100,10 @@ async function rig(spec: HouseholdSpec, start: Date, devices: unknown[], extra: 
 
 /** The offers another controller, with only `device`, makes for `slot` from the rig's house now. */
 async function offersOf(r: Rig, device: unknown, slot: number): Promise<FlexibilityOffer[]> {
-  const io = new ModbusFlexibilityIo(r.meter, { kind: "tcp", host: r.server.host, port: r.server.port, unitId: 1 });
+  const io = new ModbusDeviceIo(r.meter);
   const controller = new FlexibilityController({ assets: parseAssets({ utcOffsetMinutes: UTC_OFFSET, devices: [device] }), io, slotSeconds: SLOT_SECONDS, clock: r.clock });
-  try {
-    await controller.readState();
-    return controller.offersFor(slot);
-  } finally {
-    await io.close();
-  }
+  await controller.readState();
+  return controller.offersFor(slot);
 }
 
 function up(offers: FlexibilityOffer[]): number {

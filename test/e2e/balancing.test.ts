@@ -27,7 +27,7 @@ import { DayAheadClearer } from "../../agents/master/dayAheadClearer.js";
 import { MasterAgent, type MasterState, type SlotReport } from "../../agents/master/masterAgent.js";
 import { ReadingInbox } from "../../agents/master/readingInbox.js";
 import { upPaymentOf } from "../../agents/markets/balancingClearing.js";
-import { assetsOfSimulatedHousehold, FlexibilityController, ModbusFlexibilityIo } from "../../agents/meter-agent/flexibility.js";
+import { assetsOfSimulatedHousehold, FlexibilityController, ModbusDeviceIo } from "../../agents/meter-agent/flexibility.js";
 import { DEFAULT_FLEX_PRICING, IntradayTrader } from "../../agents/meter-agent/intradayTrader.js";
 import { MeterAgent, type MeterAgentState } from "../../agents/meter-agent/meterAgent.js";
 import { JsonStore } from "../../agents/meter-agent/store.js";
@@ -181,7 +181,7 @@ describe("e2e: a forecast error covered by a neighbour's battery (node, Modbus m
     const batteryAssets = assetsOfSimulatedHousehold(BATTERY)!;
     const flexibility = new FlexibilityController({
       assets: batteryAssets,
-      io: new ModbusFlexibilityIo(battery.meter, { kind: "tcp", host: battery.server.host, port: battery.server.port, unitId: 1 }),
+      io: new ModbusDeviceIo(battery.meter),
       slotSeconds: m.slotSeconds,
       clock,
       logger: battery.logs.logger,
