@@ -103,16 +103,23 @@ export interface FlexibleLoadAsset {
 export type Asset = BatteryAsset | EvAsset | FlexibleLoadAsset;
 
 /**
- * Which one offer to place when the assets could go both ways (the market takes one offer
- * per participant and slot): the larger one, one direction first (then the other), or one
- * direction only.
+ * The directions the household offers flexibility in. The intra-day trader offers each slot
+ * the direction the neighbourhood's expected imbalance needs: "both" (the default) lets it go
+ * either way, "upOnly" and "downOnly" keep it to one (a slot that needs the other gets no
+ * offer): offersFor never gives the excluded direction.
  */
-export type OfferPreference = "larger" | "up" | "down" | "upOnly" | "downOnly";
-const PREFERENCES: readonly OfferPreference[] = ["larger", "up", "down", "upOnly", "downOnly"];
+export type OfferPreference = "both" | "upOnly" | "downOnly";
+const PREFERENCES: readonly OfferPreference[] = ["both", "upOnly", "downOnly"];
+/**
+ * Accepted before, to choose between an upward and a downward offer, but never applied: the
+ * trader takes the direction from the slot's imbalance. Refused, so that no config relies on them.
+ */
+const RETIRED_PREFERENCES = ["larger", "up", "down"];
 
 export interface AssetsConfig {
   /** Local time of the EV's HH:MM times is UTC plus this (fixed, no daylight saving, as in the simulator). Default 0: UTC. */
   utcOffsetMinutes: number;
+  /** The directions offered (default "both"). */
   preference: OfferPreference;
   /** Offers below this are not made. */
   minOfferWh: number;
@@ -257,7 +264,13 @@ export function parseAssets(raw: unknown, field = "assets"): AssetsConfig {
     raw.utcOffsetMinutes === undefined
       ? 0
       : num(raw.utcOffsetMinutes, `${field}.utcOffsetMinutes`, (n) => Number.isInteger(n) && n >= -720 && n <= 840, "an integer from -720 to 840");
-  const preference = raw.preference ?? "larger";
+  const preference = raw.preference ?? "both";
+  if (typeof preference === "string" && RETIRED_PREFERENCES.includes(preference)) {
+    throw new ConfigError(
+      `${field}.preference`,
+      `${JSON.stringify(preference)} chose between an upward and a downward offer, which the agent never does: it offers each slot the direction the neighbourhood's imbalance needs. Leave preference out (or "both"), or give "upOnly" or "downOnly" to offer in one direction only`,
+    );
+  }
   if (typeof preference !== "string" || !(PREFERENCES as readonly string[]).includes(preference)) {
     throw new ConfigError(`${field}.preference`, `must be one of ${PREFERENCES.join(", ")}, got ${JSON.stringify(preference)}`);
   }
@@ -290,7 +303,7 @@ export function parseAssets(raw: unknown, field = "assets"): AssetsConfig {
  * would configure them, or undefined if it has none: for demos and tests. The plan asks
  * for the most a session may need, so the car always leaves with what it asked for.
  */
-export function assetsOfSimulatedHousehold(spec: HouseholdSpec, preference: OfferPreference = "larger"): AssetsConfig | undefined {
+export function assetsOfSimulatedHousehold(spec: HouseholdSpec, preference: OfferPreference = "both"): AssetsConfig | undefined {
   const hhmm = (hours: number) => {
     const minutes = Math.round(hours * 60) % 1440;
     return `${String(Math.floor(minutes / 60)).padStart(2, "0")}:${String(minutes % 60).padStart(2, "0")}`;
@@ -685,28 +698,6 @@ class Model {
 }
 
 // ---------------------------------------------------------------------------------------
-// Choosing one offer
-
-/** The one offer to place for a slot, from the up to two `offersFor` gives, per the preference. */
-export function pickOffer(offers: readonly FlexibilityOffer[], preference: OfferPreference): FlexibilityOffer | undefined {
-  const up = offers.find((o) => o.isUp);
-  const down = offers.find((o) => !o.isUp);
-  switch (preference) {
-    case "upOnly":
-      return up;
-    case "downOnly":
-      return down;
-    case "up":
-      return up ?? down;
-    case "down":
-      return down ?? up;
-    case "larger":
-      if (up === undefined || down === undefined) return up ?? down;
-      return down.qtyWh > up.qtyWh ? down : up; // a tie goes upward: selling needs no escrow
-  }
-}
-
-// ---------------------------------------------------------------------------------------
 // Controller
 
 export interface FlexibilityControllerOptions {
@@ -721,7 +712,7 @@ export interface FlexibilityControllerOptions {
 
 /**
  * The household's flexibility, slot by slot. Per slot S of the balancing market:
- *  - before its gate closure: `readState()`, then `offerFor(S)` (or `offersFor`), and `noteOffer(S, offer)` for the one placed;
+ *  - before its gate closure: `readState()`, then `offersFor(S)`, and `noteOffer(S, offer)` for the one placed;
  *  - once S is cleared: `noteActivation(S, wh)` (optional, as noteOffer: later offers then allow for it);
  *  - at S's start: `activate(S, wh)` if activated (it reads the devices and writes the set-points);
  *  - during S: `track()` on every poll (keeps the battery following the house as self-consumption would);
@@ -819,8 +810,9 @@ export class FlexibilityController {
 
   /**
    * What the assets can deliver in `slot`, netted into at most one upward and one downward
-   * offer (quantities rounded down; below minOfferWh left out). Uses the last readState(),
-   * projected to the slot's start. A slot that has begun gets no offers.
+   * offer (quantities rounded down; below minOfferWh left out), in the directions
+   * assets.preference allows. Uses the last readState(), projected to the slot's start. A slot
+   * that has begun gets no offers.
    */
   offersFor(slot: number, slotSeconds: number = this.o.slotSeconds, now: Date = new Date(this.o.clock.now())): FlexibilityOffer[] {
     if (slotSeconds !== this.o.slotSeconds) throw new RangeError(`slotSeconds ${slotSeconds} differs from the controller's ${this.o.slotSeconds}`);
@@ -840,17 +832,17 @@ export class FlexibilityController {
       const d = this.o.assets.devices[i]!;
       return d.kind === "battery" ? d.offerShare : 1;
     };
-    const upWh = BigInt(Math.floor(capsFor("up").reduce((s, c, i) => s + c.upWh * share(i), 0) + 1e-9));
-    const downWh = BigInt(Math.floor(capsFor("down").reduce((s, c, i) => s + c.downWh * share(i), 0) + 1e-9));
+    const { preference } = this.o.assets;
     const min = BigInt(this.o.assets.minOfferWh);
-    if (upWh >= min) offers.push({ slot, isUp: true, qtyWh: upWh });
-    if (downWh >= min) offers.push({ slot, isUp: false, qtyWh: downWh });
+    if (preference !== "downOnly") {
+      const upWh = BigInt(Math.floor(capsFor("up").reduce((s, c, i) => s + c.upWh * share(i), 0) + 1e-9));
+      if (upWh >= min) offers.push({ slot, isUp: true, qtyWh: upWh });
+    }
+    if (preference !== "upOnly") {
+      const downWh = BigInt(Math.floor(capsFor("down").reduce((s, c, i) => s + c.downWh * share(i), 0) + 1e-9));
+      if (downWh >= min) offers.push({ slot, isUp: false, qtyWh: downWh });
+    }
     return offers;
-  }
-
-  /** The one offer to place for `slot`, per the configured preference. */
-  offerFor(slot: number, slotSeconds: number = this.o.slotSeconds, now: Date = new Date(this.o.clock.now())): FlexibilityOffer | undefined {
-    return pickOffer(this.offersFor(slot, slotSeconds, now), this.o.assets.preference);
   }
 
   /** Tells the controller of a cleared activation ahead of its slot, so that later slots' offers allow for it. */

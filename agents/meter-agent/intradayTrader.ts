@@ -9,7 +9,10 @@ export interface FlexibilitySource {
   readState?(): Promise<unknown>;
   /** Keeps an activated asset on its target during the slot (called on every step). */
   track?(): Promise<void>;
-  /** What the assets can really deliver in `slot`: at most one upward and one downward quantity. */
+  /**
+   * What the assets can really deliver in `slot`: at most one upward and one downward quantity,
+   * only in the directions the household offers (FlexibilityController: assets.preference).
+   */
   offersFor(slot: number, slotSeconds: number, now: Date): FlexOffer[];
   /** The offer placed for `slot` (undefined: none), so that later offers allow for its activation. */
   noteOffer?(slot: number, offer: FlexOffer | undefined): void;
@@ -233,7 +236,8 @@ export class IntradayTrader {
    * Offers for `slots`: what the assets can deliver, one offer per slot, in the direction
    * the slot's expected imbalance (the neighbourhood's forecasts minus schedules, in the
    * book) calls for: short (+) takes upward offers, long (-) downward ones; the other
-   * direction would never be activated, and a downward offer would only tie up escrow.
+   * direction would never be activated, and a downward offer would only tie up escrow. A slot
+   * that needs a direction the assets do not offer (upOnly, downOnly) gets no offer.
    */
   private async offer(slots: number[], nowMs: number, flex: FlexibilitySource): Promise<void> {
     const { market, account, logger } = this.o;

@@ -1,14 +1,16 @@
 import { expect } from "chai";
+import type { IntradayMarket } from "../../agents/chain/types/index.js";
 import { ConfigError, MarketError } from "../../agents/errors.js";
+import { silentLogger } from "../../agents/log.js";
 import { parseMeterAgentConfig } from "../../agents/meter-agent/config.js";
 import {
   FlexibilityController,
   assetsOfSimulatedHousehold,
   ModbusDeviceIo,
   parseAssets,
-  pickOffer,
   type FlexibilityOffer,
 } from "../../agents/meter-agent/flexibility.js";
+import { IntradayTrader } from "../../agents/meter-agent/intradayTrader.js";
 import { ModbusMeter, type TcpConnection } from "../../agents/meters/modbusMeter.js";
 import { SDM630 } from "../../agents/meters/registerMaps.js";
 import { DEVICE_INPUTS, ManualClock, MeterServer, SETPOINT_REGISTERS } from "../../agents/simulator/meterServer.js";
@@ -98,10 +100,15 @@ async function rig(spec: HouseholdSpec, start: Date, devices: unknown[], extra: 
   };
 }
 
+/** Another controller of the rig's house, with only `device` (and `extra` assets settings). */
+function controllerOf(r: Rig, device: unknown, extra: Record<string, unknown> = {}): FlexibilityController {
+  const assets = parseAssets({ utcOffsetMinutes: UTC_OFFSET, devices: [device], ...extra });
+  return new FlexibilityController({ assets, io: new ModbusDeviceIo(r.meter), slotSeconds: SLOT_SECONDS, clock: r.clock });
+}
+
 /** The offers another controller, with only `device`, makes for `slot` from the rig's house now. */
-async function offersOf(r: Rig, device: unknown, slot: number): Promise<FlexibilityOffer[]> {
-  const io = new ModbusDeviceIo(r.meter);
-  const controller = new FlexibilityController({ assets: parseAssets({ utcOffsetMinutes: UTC_OFFSET, devices: [device] }), io, slotSeconds: SLOT_SECONDS, clock: r.clock });
+async function offersOf(r: Rig, device: unknown, slot: number, extra: Record<string, unknown> = {}): Promise<FlexibilityOffer[]> {
+  const controller = controllerOf(r, device, extra);
   await controller.readState();
   return controller.offersFor(slot);
 }
@@ -137,7 +144,7 @@ describe("flexibility: configuration", function () {
   it("fills in the simulator's registers and defaults, and rides in the meter agent's config", function () {
     const assets = parseAssets({ devices: [batteryConfig({ efficiency: undefined, offerShare: undefined }), evConfig(), flexConfig()] });
     expect(assets.utcOffsetMinutes).to.equal(0); // HH:MM times are UTC unless told otherwise
-    expect(assets.preference).to.equal("larger");
+    expect(assets.preference).to.equal("both");
     expect(assets.minOfferWh).to.equal(10);
     const [battery, ev, flex] = assets.devices;
     expect(battery).to.deep.include({ kind: "battery", efficiency: 0.95, offerShare: 0.9 });
@@ -180,7 +187,7 @@ describe("flexibility: configuration", function () {
       [{ devices: [] }, "assets.devices"],
       [{ devices: [batteryConfig()], timezone: "CET" }, "assets.timezone"],
       [{ devices: [batteryConfig()], utcOffsetMinutes: 30.5 }, "assets.utcOffsetMinutes"],
-      [{ devices: [batteryConfig()], preference: "both" }, "assets.preference"],
+      [{ devices: [batteryConfig()], preference: "sideways" }, "assets.preference"],
       [{ devices: [batteryConfig()], minOfferWh: 0 }, "assets.minOfferWh"],
       [{ devices: [{ kind: "heatPump" }] }, "assets.devices[0].kind"],
       [{ devices: [batteryConfig({ capacityWh: 0 })] }, "assets.devices[0].capacityWh"],
@@ -221,6 +228,21 @@ describe("flexibility: configuration", function () {
         }),
       "assets.devices[0].maxPowerW",
     );
+  });
+
+  it("refuses the preferences that chose between an upward and a downward offer, which the trader never applied", function () {
+    for (const preference of ["larger", "up", "down"]) {
+      let thrown: unknown;
+      try {
+        parseAssets({ devices: [batteryConfig()], preference });
+      } catch (error) {
+        thrown = error;
+      }
+      expect(thrown, preference).to.be.instanceOf(ConfigError);
+      expect((thrown as ConfigError).field).to.equal("assets.preference");
+      expect((thrown as Error).message).to.contain("direction the neighbourhood's imbalance needs").and.contain('"upOnly" or "downOnly"');
+    }
+    for (const preference of ["both", "upOnly", "downOnly"]) expect(parseAssets({ devices: [batteryConfig()], preference }).preference).to.equal(preference);
   });
 });
 
@@ -516,8 +538,7 @@ describe("flexibility: EV charger", function () {
     const r = await rig(house({ ev: EV }), local(18 + 1 / 60), [evConfig()]);
     try {
       await r.controller.readState();
-      const offer = r.controller.offerFor(s0);
-      expect(offer).to.deep.equal({ slot: s0, isUp: true, qtyWh: 1850n });
+      expect(r.controller.offersFor(s0)).to.deep.equal([{ slot: s0, isUp: true, qtyWh: 1850n }]);
 
       r.clock.set(slotStart(s0));
       const before = await r.net();
@@ -643,11 +664,11 @@ describe("flexibility: flexible load", function () {
 describe("flexibility: several assets", function () {
   this.timeout(20_000);
 
-  it("nets the assets into one offer each way, picks one per preference, and splits an activation in configuration order", async function () {
+  it("nets the assets into one offer each way, and splits an activation in configuration order", async function () {
     const spec = house({ battery: BATTERY, ev: EV, flexibleLoad: { powerW: 2_000 } });
     const now = local(19);
     const s0 = slotOf(now) + 1;
-    const r = await rig(spec, now, [batteryConfig(), evConfig(), flexConfig()], { preference: "down" });
+    const r = await rig(spec, now, [batteryConfig(), evConfig(), flexConfig()]);
     try {
       await r.controller.readState();
       const offers = r.controller.offersFor(s0);
@@ -661,8 +682,6 @@ describe("flexibility: several assets", function () {
       expect(up(battery)).to.equal(0);
       expect(up(ev)).to.equal(1_850);
       expect(up(flex)).to.equal(333);
-      expect(r.controller.offerFor(s0)).to.deep.equal(offers[1]); // the configured preference: down
-      expect(pickOffer(offers, "larger")).to.deep.equal(up(offers) >= down(offers) ? offers[0] : offers[1]);
 
       // The EV's 7.4 kW keep the battery at full discharge already: it has nothing upward,
       // so the EV gives it all, and the battery is held where it is so that
@@ -685,20 +704,81 @@ describe("flexibility: several assets", function () {
       await r.close();
     }
   });
+});
 
-  it("pickOffer follows the preference", function () {
-    const offers: FlexibilityOffer[] = [
-      { slot: 7, isUp: true, qtyWh: 300n },
-      { slot: 7, isUp: false, qtyWh: 500n },
-    ];
-    const onlyUp = offers.slice(0, 1);
-    expect(pickOffer(offers, "larger")?.isUp).to.equal(false);
-    expect(pickOffer([offers[0]!, { ...offers[1]!, qtyWh: 300n }], "larger")?.isUp, "a tie goes upward").to.equal(true);
-    expect(pickOffer(offers, "up")?.isUp).to.equal(true);
-    expect(pickOffer(offers, "down")?.isUp).to.equal(false);
-    expect(pickOffer(onlyUp, "down")?.isUp).to.equal(true);
-    expect(pickOffer(onlyUp, "downOnly")).to.equal(undefined);
-    expect(pickOffer(offers, "upOnly")?.qtyWh).to.equal(300n);
-    expect(pickOffer([], "larger")).to.equal(undefined);
+describe("flexibility: preference", function () {
+  this.timeout(20_000);
+
+  /** An IntradayMarket whose book expects `imbalanceWh` in every slot (+ short), with the offers placed on it. */
+  function stubMarket(imbalanceWh: bigint): { market: IntradayMarket; placed: FlexibilityOffer[] } {
+    const placed: FlexibilityOffer[] = [];
+    const market = {
+      slotSeconds: async () => BigInt(SLOT_SECONDS),
+      openLeadSeconds: async () => 3600n,
+      gateLeadSeconds: async () => BigInt(SLOT_SECONDS),
+      priceFloor: async () => 80_000n,
+      priceCap: async () => 320_000n,
+      // Forecasts sent and no offers before: the trader only offers.
+      forecastOf: async () => ({ set: true, deviationWh: 0n }),
+      offerOf: async () => ({ placed: false, isUp: false, qtyWh: 0n, price: 0n }),
+      activationOf: async () => [0n, 0n],
+      book: async () => ({ imbalanceWh, cleared: false }),
+      placeOffers: async (_account: string, offers: Array<FlexibilityOffer & { price: bigint }>) => {
+        placed.push(...offers.map(({ slot, isUp, qtyWh }) => ({ slot, isUp, qtyWh })));
+        return { wait: async () => null };
+      },
+    };
+    return { market: market as unknown as IntradayMarket, placed };
+  }
+
+  it("offers only the directions assets.preference allows", async function () {
+    // 21:00 local, the battery mid-range: it could go either way.
+    const now = local(21);
+    const slot = slotOf(now) + 2;
+    const r = await rig(house({ battery: BATTERY }), now, [batteryConfig()]);
+    try {
+      const both = await offersOf(r, batteryConfig(), slot);
+      expect(both.map((o) => o.isUp)).to.deep.equal([true, false]);
+      expect(await offersOf(r, batteryConfig(), slot, { preference: "both" })).to.deep.equal(both);
+      expect(await offersOf(r, batteryConfig(), slot, { preference: "upOnly" })).to.deep.equal([both[0]]);
+      expect(await offersOf(r, batteryConfig(), slot, { preference: "downOnly" })).to.deep.equal([both[1]]);
+    } finally {
+      await r.close();
+    }
+  });
+
+  it("the intra-day trader never offers the excluded direction, and nothing for a slot that needs only it", async function () {
+    const now = local(21);
+    // A slot before its gate, one slot ahead of it: the trader offers for it in this step.
+    const slot = slotOf(now) + 2;
+    const r = await rig(house({ battery: BATTERY }), now, [batteryConfig()]);
+    try {
+      const [upOffer, downOffer] = await offersOf(r, batteryConfig(), slot);
+      expect([upOffer?.isUp, downOffer?.isUp]).to.deep.equal([true, false]);
+      const cases: Array<[string, bigint, FlexibilityOffer | undefined]> = [
+        ["both", 500n, upOffer],
+        ["both", -500n, downOffer],
+        ["upOnly", 500n, upOffer],
+        ["upOnly", -500n, undefined], // long: it needs downward offers only
+        ["downOnly", -500n, downOffer],
+        ["downOnly", 500n, undefined], // short: it needs upward offers only
+      ];
+      for (const [preference, imbalanceWh, expected] of cases) {
+        const { market, placed } = stubMarket(imbalanceWh);
+        const trader = new IntradayTrader({
+          account: "0x0000000000000000000000000000000000000001",
+          market,
+          flexibility: controllerOf(r, batteryConfig(), { preference }),
+          pricing: { upAt: 0.55, downAt: 0.35 },
+          logger: silentLogger,
+        });
+        await trader.init();
+        await trader.step(now.getTime(), {});
+        expect(placed, `${preference}, imbalance ${imbalanceWh} Wh`).to.deep.equal(expected === undefined ? [] : [expected]);
+        expect(trader.offerSlots(now.getTime()), "the slot is done with").to.deep.equal([]);
+      }
+    } finally {
+      await r.close();
+    }
   });
 });
