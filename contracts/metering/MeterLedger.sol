@@ -10,7 +10,8 @@ import {IMeterLedger} from "./IMeterLedger.sol";
  * @title MeterLedger
  * @notice The metering half of the settlement contract: the rules a smart-meter reading must
  * follow, and each meter's cumulative registers. What a reading does to money is the
- * settlement's (`Settlement`), which records readings through `_checkReading` and `_advance`.
+ * settlement's (`Settlement`), which checks readings with `_checkReading` and keeps the account
+ * word with `_loadAccount` and `_storeAccount`.
  *
  * @dev Rules for a reading of slot S, sent after S ends and up to `readingWindow` later:
  * - it must be signed (EIP-712) by the meter key the registry holds for the account; whoever

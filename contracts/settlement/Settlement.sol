@@ -512,12 +512,9 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
     /// @dev Pays `amount` from a pool into `a`'s deposit: its debt first, if it has any.
     function _payOut(Batch memory b, address account, Account memory a, uint256 amount) private {
         if (a.inDebt) {
-            uint256 debt = _debt[account];
-            uint256 repaid = Math.min(debt, amount);
-            _debt[account] = debt - repaid;
-            a.inDebt = debt > repaid;
+            (uint256 repaid, bool cleared) = _repayDebt(account, amount);
+            a.inDebt = !cleared;
             amount -= repaid;
-            emit DebtRepaid(account, repaid, debt - repaid);
             b.slackPayout += _paySlack(_slackUnit(), repaid); // the slack unit had covered it
         }
         uint256 room = type(uint48).max - a.deposit;
@@ -671,16 +668,13 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
      * transfer to it last.
      */
     function _credit(address account, uint256 amount) private returns (uint256 slackExcess) {
-        uint256 debt = _debt[account];
-        if (debt > 0) {
-            uint256 repaid = Math.min(debt, amount);
-            _debt[account] = debt - repaid;
+        (uint256 repaid, bool cleared) = _repayDebt(account, amount);
+        if (repaid > 0) {
             amount -= repaid;
-            emit DebtRepaid(account, repaid, debt - repaid);
             address slack = _slackUnit();
             if (account == slack) badDebt -= repaid;
             else slackExcess = _paySlack(slack, repaid);
-            if (repaid == debt) _accounts[account].inDebt = false;
+            if (cleared) _accounts[account].inDebt = false;
         }
         if (amount == 0) return slackExcess;
         Account storage a = _accounts[account];
@@ -696,20 +690,28 @@ contract Settlement is ISettlement, IScheduleSink, MeterLedger, AccessControl {
      * caller to transfer to its wallet last, so that a full deposit never blocks settlement.
      */
     function _paySlack(address slack, uint256 amount) private returns (uint256 excess) {
-        uint256 debt = _debt[slack];
+        (uint256 repaid, bool cleared) = _repayDebt(slack, amount);
         Account storage sa = _accounts[slack];
-        if (debt > 0) {
-            uint256 repaid = Math.min(debt, amount);
-            _debt[slack] = debt - repaid;
+        if (repaid > 0) {
             badDebt -= repaid;
             amount -= repaid;
-            emit DebtRepaid(slack, repaid, debt - repaid);
-            if (repaid == debt) sa.inDebt = false;
+            if (cleared) sa.inDebt = false;
         }
         uint256 credited = Math.min(amount, type(uint48).max - sa.deposit);
         sa.deposit += uint48(credited);
         totalDeposits += credited;
         return amount - credited;
+    }
+
+    /// @dev Repays up to `amount` of `account`'s debt; returns how much, and whether none is left.
+    function _repayDebt(address account, uint256 amount) private returns (uint256 repaid, bool cleared) {
+        uint256 debt = _debt[account];
+        repaid = Math.min(debt, amount);
+        if (repaid > 0) {
+            _debt[account] = debt - repaid;
+            emit DebtRepaid(account, repaid, debt - repaid);
+        }
+        cleared = repaid == debt;
     }
 
     function _setPrices(uint256 feedIn, uint256 retail) private {
