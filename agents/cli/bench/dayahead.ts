@@ -24,41 +24,24 @@
  * book and the market's balance already written). cancelOrder: the median of 50 buys cancelled
  * in a slot of their own.
  */
-import path from "node:path";
-import { BrowserProvider, dataSlice, encodeBytes32String, getAddress, id, MaxUint256, type JsonRpcApiProvider } from "ethers";
-import { PROJECT_ROOT } from "../../chain/localNode.js";
+import { dataSlice, encodeBytes32String, getAddress, id, MaxUint256 } from "ethers";
 import { kindValue } from "../../chain/participants.js";
 import { DayAheadMarket__factory, EnergyToken__factory, ParticipantRegistry__factory, type DayAheadMarket } from "../../chain/types/index.js";
 import { clearingCallFor } from "../../markets/dayAheadClearing.js";
 import { readBook } from "../../markets/orderBook.js";
 import { mulberry32 } from "../../simulator/profiles.js";
+import { chunk, inProcessWithoutCap, median, Node, TX_GAS_CAP, type Tx } from "./node.js";
 import type { BenchContext, BenchFigures, BenchSection } from "./types.js";
 
 // A slot's book takes at most MAX_BOOK_SIZE (1,000) orders, so that its clearing always fits
 // one transaction; there is no book of 2,000 to measure.
 const SIZES = [10, 100, 1000] as const;
 const CANCELS = 50;
-/** EIP-7825's per-transaction gas cap, which the node enforces. */
-const TX_GAS_CAP = 2 ** 24;
 const DAY = 86_400;
 const TOKEN = 10n ** 6n;
 const WALLET_TOKENS = 10_000n * TOKEN;
-const GWEI = 10n ** 9n;
-const MAX_FEE = 100n * GWEI;
-const PRIORITY_FEE = GWEI;
 const ORDER_TX_GAS = 300_000n;
-/** Gas limit of a clearing where no transaction cap applies (below the block gas limit). */
-const UNCAPPED_GAS = 50_000_000n;
 const IFACE = DayAheadMarket__factory.createInterface();
-/** Transactions sent before mining them. */
-const MEMPOOL = 250;
-
-interface Tx {
-  from: string;
-  to: string;
-  data: string;
-  gas: bigint;
-}
 
 export const dayAheadSection: BenchSection = {
   name: "dayahead",
@@ -148,28 +131,11 @@ class Venue {
     return new Venue(node, admin, dayAhead, addresses, { floor, cap, slotSeconds, gateLead }, onClose);
   }
 
-  /**
-   * Hardhat's in-process EDR network under Prague rules (no per-transaction cap), with the
-   * Market module deployed by Ignition's library. Loads Hardhat only when needed.
-   */
+  /** Hardhat's in-process EDR network under Prague rules (no per-transaction cap), with the Market module. */
   static async inProcessWithoutCap(log: (m: string) => void): Promise<Venue> {
-    const { network } = await import("hardhat");
-    const connection = await network.connect({ override: { hardfork: "prague" } });
-    const { default: MarketModule } = await import("../../../ignition/modules/Market.js");
-    log("  in-process EDR network (Prague: no transaction cap): deploying the Market module with Ignition");
-    const deployed = await connection.ignition.deploy(MarketModule, {
-      parameters: path.join(PROJECT_ROOT, "ignition", "parameters", "localhost.json"),
-      displayUi: false,
-    });
-    const provider = new BrowserProvider(connection.provider);
-    const addresses = {
-      energyToken: await deployed.energyToken.getAddress(),
-      participantRegistry: await deployed.participantRegistry.getAddress(),
-      dayAheadMarket: await deployed.dayAheadMarket.getAddress(),
-    };
-    const [admin] = (await provider.send("eth_accounts", [])) as string[];
-    if (admin === undefined) throw new Error("the in-process network has no accounts");
-    return Venue.open(new Node(provider), getAddress(admin), DayAheadMarket__factory.connect(addresses.dayAheadMarket, provider), addresses, () => connection.close());
+    const chain = await inProcessWithoutCap(log);
+    const { provider, admin, addresses, close } = chain;
+    return Venue.open(new Node(provider), admin, DayAheadMarket__factory.connect(addresses.dayAheadMarket, provider), addresses, close);
   }
 
   close(): Promise<void> {
@@ -260,108 +226,4 @@ async function setUp(node: Node, addresses: { energyToken: string; participantRe
   await node.transact(txs);
   await Promise.all(traders.map((t) => node.impersonate(t)));
   await node.transact(traders.map((from) => ({ from, to: addresses.energyToken, data: token.encodeFunctionData("approve", [dayAhead, MaxUint256]), gas: 100_000n })));
-}
-
-/** A local node with automining off: sends from unlocked or impersonated accounts, mines, measures. */
-class Node {
-  private readonly nonces = new Map<string, number>();
-  private automine = true;
-
-  constructor(readonly provider: JsonRpcApiProvider) {}
-
-  async latestTimestamp(): Promise<number> {
-    const block = await this.provider.send("eth_getBlockByNumber", ["latest", false]);
-    return Number(block.timestamp);
-  }
-
-  async setTimeAndMine(t: number): Promise<void> {
-    if (t > (await this.latestTimestamp())) await this.provider.send("evm_setNextBlockTimestamp", [t]);
-    await this.provider.send("evm_mine", []);
-  }
-
-  async impersonate(address: string): Promise<void> {
-    await this.provider.send("hardhat_impersonateAccount", [address]);
-    await this.provider.send("hardhat_setBalance", [address, hex(10n ** 21n)]);
-  }
-
-  /**
-   * A gas limit for `tx`: the cap if it runs within it, a block's worth where there is no cap,
-   * undefined if the node's cap is too small for it (or it fails).
-   */
-  async gasLimitFor(tx: { from: string; to: string; data: string }): Promise<bigint | undefined> {
-    try {
-      await this.provider.send("eth_call", [{ ...tx, gas: hex(TX_GAS_CAP) }, "latest"]);
-      return BigInt(TX_GAS_CAP);
-    } catch {
-      try {
-        await this.provider.send("eth_call", [{ ...tx, gas: hex(UNCAPPED_GAS) }, "latest"]);
-        return UNCAPPED_GAS;
-      } catch {
-        return undefined;
-      }
-    }
-  }
-
-  /**
-   * Sends `txs` (nonces assigned here) and mines them, returns each one's gasUsed; all must
-   * succeed. At most MEMPOOL transactions wait at a time: the node slows down with thousands pending.
-   */
-  async transact(txs: Tx[]): Promise<number[]> {
-    if (this.automine) {
-      await this.provider.send("evm_setAutomine", [false]);
-      this.automine = false;
-    }
-    const out: number[] = [];
-    for (const batch of chunk(txs, MEMPOOL)) {
-      const unknown = [...new Set(batch.map((tx) => tx.from))].filter((a) => !this.nonces.has(a));
-      const counts = await Promise.all(unknown.map((a) => this.provider.send("eth_getTransactionCount", [a, "pending"]) as Promise<string>));
-      unknown.forEach((a, i) => this.nonces.set(a, Number(counts[i])));
-      const hashes = await Promise.all(
-        batch.map(
-          (tx) =>
-            this.provider.send("eth_sendTransaction", [
-              { from: tx.from, to: tx.to, data: tx.data, gas: hex(tx.gas), nonce: hex(this.nextNonce(tx.from)), maxFeePerGas: hex(MAX_FEE), maxPriorityFeePerGas: hex(PRIORITY_FEE) },
-            ]) as Promise<string>,
-        ),
-      );
-      let mined = 0;
-      while (mined < hashes.length) {
-        await this.provider.send("evm_mine", []);
-        const block = await this.provider.send("eth_getBlockByNumber", ["latest", false]);
-        const count = (block.transactions as string[]).length;
-        if (count === 0) throw new Error(`evm_mine included none of the ${hashes.length - mined} pending transactions`);
-        mined += count;
-      }
-      const receipts = (await Promise.all(hashes.map((h) => this.provider.send("eth_getTransactionReceipt", [h])))) as ({ status: string; gasUsed: string } | null)[];
-      receipts.forEach((r, i) => {
-        if (r === null) throw new Error(`transaction ${hashes[i]} was not mined`);
-        if (r.status !== "0x1") throw new Error(`transaction ${hashes[i]} reverted (gasUsed ${Number(r.gasUsed)})`);
-        out.push(Number(r.gasUsed));
-      });
-    }
-    return out;
-  }
-
-  private nextNonce(address: string): number {
-    const n = this.nonces.get(address);
-    if (n === undefined) throw new Error(`no nonce known for ${address}`);
-    this.nonces.set(address, n + 1);
-    return n;
-  }
-}
-
-function median(xs: readonly number[]): number {
-  if (xs.length === 0) throw new Error("median of nothing");
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
-}
-
-function chunk<T>(items: readonly T[], size: number): T[][] {
-  const out: T[][] = [];
-  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
-  return out;
-}
-
-function hex(v: bigint | number): string {
-  return `0x${BigInt(v).toString(16)}`;
 }

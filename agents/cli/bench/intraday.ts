@@ -34,20 +34,7 @@
  * Transactions are sent with automining off and mined many to a block, at block times set
  * inside each window (every block is at least a second after the one before).
  */
-import path from "node:path";
-import {
-  BrowserProvider,
-  computeAddress,
-  dataSlice,
-  encodeBytes32String,
-  getAddress,
-  id,
-  MaxUint256,
-  SigningKey,
-  TypedDataEncoder,
-  type JsonRpcApiProvider,
-} from "ethers";
-import { PROJECT_ROOT } from "../../chain/localNode.js";
+import { computeAddress, dataSlice, encodeBytes32String, getAddress, id, MaxUint256, SigningKey, TypedDataEncoder } from "ethers";
 import { kindValue } from "../../chain/participants.js";
 import { READING_TYPES, readingDomain, type Reading, type SignedReading } from "../../chain/readings.js";
 import {
@@ -65,28 +52,20 @@ import { clearingCallFor } from "../../markets/dayAheadClearing.js";
 import { readOffers } from "../../markets/offerBook.js";
 import { readBook } from "../../markets/orderBook.js";
 import { mulberry32 } from "../../simulator/profiles.js";
+import { chunk, inProcessWithoutCap, median, Node, sum, TX_GAS_CAP, type Tx } from "./node.js";
 import type { BenchContext, BenchFigures, BenchMarket, BenchSection } from "./types.js";
 
 const SIZES = [10, 100, 1000] as const;
 /** IntradayMarket.MAX_BOOK_SIZE. */
 const BALANCING_BOOK_MAX = 300;
 const READING_BATCH = 250; // the master's default batch (agents/master/masterAgent.ts)
-/** EIP-7825's per-transaction gas cap, which the node enforces. */
-const TX_GAS_CAP = 2 ** 24;
-/** A gas limit for transactions above the cap, where there is none. */
-const UNCAPPED_GAS = 50_000_000n;
 const DAY = 86_400;
 const HOUR = 3_600;
 const TOKEN = 10n ** 6n;
 const WALLET_TOKENS = 1_000n * TOKEN;
 const DEPOSIT = 100n * TOKEN;
 const SLACK_DEPOSIT = 100_000n * TOKEN;
-const GWEI = 10n ** 9n;
-const MAX_FEE = 100n * GWEI;
-const PRIORITY_FEE = GWEI;
 const TX_GAS = 500_000n;
-/** Transactions sent before mining them. */
-const MEMPOOL = 250;
 const BUY_WH = 600n;
 const SELL_WH = 900n;
 const FORECAST_DEVIATION = 300;
@@ -96,13 +75,6 @@ const ID = IntradayMarket__factory.createInterface();
 const ST = Settlement__factory.createInterface();
 const TK = EnergyToken__factory.createInterface();
 const RG = ParticipantRegistry__factory.createInterface();
-
-interface Tx {
-  from: string;
-  to: string;
-  data: string;
-  gas: bigint;
-}
 
 interface Member {
   account: string;
@@ -178,13 +150,11 @@ class Venue {
 
   static async ofNode(bench: BenchMarket): Promise<Venue> {
     const { market } = bench;
-    const { dayAheadMarket, intradayMarket } = market.addresses;
-    if (dayAheadMarket === undefined || intradayMarket === undefined) throw new Error("the deployment has no day-ahead or intra-day market");
     return new Venue(
       new Node(market.provider),
       await bench.deployer.getAddress(),
       market.chainId,
-      { ...market.addresses, dayAheadMarket, intradayMarket },
+      market.addresses,
       market.settlement,
       market.dayAheadMarket,
       market.intradayMarket,
@@ -192,42 +162,19 @@ class Venue {
     );
   }
 
-  /**
-   * Hardhat's in-process EDR network under Prague rules (no per-transaction cap), with the
-   * Market module deployed by Ignition's library. Loads Hardhat only when needed.
-   */
+  /** Hardhat's in-process EDR network under Prague rules (no per-transaction cap), with the Market module. */
   static async inProcessWithoutCap(log: (m: string) => void): Promise<Venue> {
-    const { network } = await import("hardhat");
-    const connection = await network.connect({ override: { hardfork: "prague" } });
-    const { default: MarketModule } = await import("../../../ignition/modules/Market.js");
-    log("  in-process EDR network (Prague: no transaction cap): deploying the Market module with Ignition");
-    const deployed = await connection.ignition.deploy(MarketModule, {
-      parameters: path.join(PROJECT_ROOT, "ignition", "parameters", "localhost.json"),
-      displayUi: false,
-    });
-    // No cache: ethers would otherwise answer eth_blockNumber from a 250 ms cache, and readBook
-    // and readOffers would look for events up to a block before the latest transactions.
-    const provider = new BrowserProvider(connection.provider, undefined, { cacheTimeout: -1 });
-    const addresses = {
-      energyToken: await deployed.energyToken.getAddress(),
-      participantRegistry: await deployed.participantRegistry.getAddress(),
-      settlement: await deployed.settlement.getAddress(),
-      dayAheadMarket: await deployed.dayAheadMarket.getAddress(),
-      intradayMarket: await deployed.intradayMarket.getAddress(),
-    };
-    const [admin] = (await provider.send("eth_accounts", [])) as string[];
-    if (admin === undefined) throw new Error("the in-process network has no accounts");
-    const { chainId } = await provider.getNetwork();
+    const { provider, admin, chainId, addresses, close } = await inProcessWithoutCap(log);
     return new Venue(
       new Node(provider),
-      getAddress(admin),
+      admin,
       chainId,
       addresses,
       Settlement__factory.connect(addresses.settlement, provider),
       DayAheadMarket__factory.connect(addresses.dayAheadMarket, provider),
       IntradayMarket__factory.connect(addresses.intradayMarket, provider),
       false,
-      () => connection.close(),
+      close,
     );
   }
 }
@@ -402,119 +349,4 @@ async function runSize(venue: Venue, n: number, log: (m: string) => void): Promi
   }
   if (s.upWh === 0n) throw new Error(`slot A (${slotA}) took no activation into settlement`);
   return { upOffers, downOffers, clearA, clearB, baseline, slotA: atA, slotB: atB };
-}
-
-/** A local node with automining off, and the few calls this section makes on it. */
-class Node {
-  private readonly nonces = new Map<string, number>();
-  private automine = true;
-
-  constructor(readonly provider: JsonRpcApiProvider) {}
-
-  async latestTimestamp(): Promise<number> {
-    const block = await this.provider.send("eth_getBlockByNumber", ["latest", false]);
-    return Number(block.timestamp);
-  }
-
-  async setTimeAndMine(t: number): Promise<void> {
-    const latest = await this.latestTimestamp();
-    if (t <= latest) throw new Error(`cannot mine at ${t}: the latest block is at ${latest}`);
-    await this.provider.send("evm_setNextBlockTimestamp", [t]);
-    await this.provider.send("evm_mine", []);
-  }
-
-  /**
-   * A gas limit for `tx`: the cap if it runs within it, a block's worth where there is no cap,
-   * undefined if the node's cap is too small for it (or it fails).
-   */
-  async gasLimitFor(tx: { from: string; to: string; data: string }): Promise<bigint | undefined> {
-    for (const gas of [BigInt(TX_GAS_CAP), UNCAPPED_GAS]) {
-      try {
-        await this.provider.send("eth_call", [{ ...tx, gas: hex(gas) }, "latest"]);
-        return gas;
-      } catch {
-        // Try the next limit.
-      }
-    }
-    return undefined;
-  }
-
-  async impersonate(address: string): Promise<void> {
-    await this.provider.send("hardhat_impersonateAccount", [address]);
-    await this.provider.send("hardhat_setBalance", [address, hex(10n ** 21n)]);
-  }
-
-  /**
-   * Sends `txs` (nonces assigned here) and mines them, the first block at `at` if given; returns
-   * each one's gasUsed, in order; all must succeed. At most MEMPOOL wait at a time.
-   */
-  async transact(txs: Tx[], at?: number): Promise<number[]> {
-    if (this.automine) {
-      await this.provider.send("evm_setAutomine", [false]);
-      this.automine = false;
-    }
-    const out: number[] = [];
-    let first = true;
-    for (const batch of chunk(txs, MEMPOOL)) {
-      const unknown = [...new Set(batch.map((tx) => tx.from))].filter((x) => !this.nonces.has(x));
-      const counts = await Promise.all(unknown.map((x) => this.provider.send("eth_getTransactionCount", [x, "pending"]) as Promise<string>));
-      unknown.forEach((x, i) => this.nonces.set(x, Number(counts[i])));
-      const hashes = await Promise.all(
-        batch.map(
-          (tx) =>
-            this.provider.send("eth_sendTransaction", [
-              { from: tx.from, to: tx.to, data: tx.data, gas: hex(tx.gas), nonce: hex(this.nextNonce(tx.from)), maxFeePerGas: hex(MAX_FEE), maxPriorityFeePerGas: hex(PRIORITY_FEE) },
-            ]) as Promise<string>,
-        ),
-      );
-      if (first && at !== undefined) {
-        const latest = await this.latestTimestamp();
-        if (at <= latest) throw new Error(`cannot mine at ${at}: the latest block is at ${latest}`);
-        await this.provider.send("evm_setNextBlockTimestamp", [at]);
-      }
-      first = false;
-      let mined = 0;
-      while (mined < hashes.length) {
-        await this.provider.send("evm_mine", []);
-        const block = await this.provider.send("eth_getBlockByNumber", ["latest", false]);
-        const count = (block.transactions as string[]).length;
-        if (count === 0) throw new Error(`evm_mine included none of the ${hashes.length - mined} pending transactions`);
-        mined += count;
-      }
-      const receipts = (await Promise.all(hashes.map((h) => this.provider.send("eth_getTransactionReceipt", [h])))) as ({ status: string; gasUsed: string } | null)[];
-      receipts.forEach((r, i) => {
-        if (r === null) throw new Error(`transaction ${hashes[i]} was not mined`);
-        if (r.status !== "0x1") throw new Error(`transaction ${hashes[i]} reverted (gasUsed ${Number(r.gasUsed)})`);
-        out.push(Number(r.gasUsed));
-      });
-    }
-    return out;
-  }
-
-  private nextNonce(address: string): number {
-    const n = this.nonces.get(address);
-    if (n === undefined) throw new Error(`no nonce known for ${address}`);
-    this.nonces.set(address, n + 1);
-    return n;
-  }
-}
-
-function median(xs: readonly number[]): number {
-  if (xs.length === 0) throw new Error("median of nothing");
-  const s = [...xs].sort((x, y) => x - y);
-  return s[Math.floor(s.length / 2)]!;
-}
-
-function sum(xs: readonly number[]): number {
-  return xs.reduce((x, y) => x + y, 0);
-}
-
-function chunk<T>(items: readonly T[], size: number): T[][] {
-  const out: T[][] = [];
-  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
-  return out;
-}
-
-function hex(v: bigint | number): string {
-  return `0x${BigInt(v).toString(16)}`;
 }
