@@ -46,6 +46,11 @@ export interface OrderInput {
   price: bigint;
 }
 
+/** The price at `fraction` (clamped to 0..1) of the band [floor, cap], to a millionth of the band. */
+export function priceAt(floor: bigint, cap: bigint, fraction: number): bigint {
+  return floor + (BigInt(Math.round(Math.min(1, Math.max(0, fraction)) * 1e6)) * (cap - floor)) / 1_000_000n;
+}
+
 /** The orders a forecast and a strategy make, within the market's price band. */
 export function ordersFromForecast(
   forecast: ReadonlyArray<number | undefined>,
@@ -54,14 +59,13 @@ export function ordersFromForecast(
   floor: bigint,
   cap: bigint,
 ): OrderInput[] {
-  const at = (fraction: number): bigint => floor + (BigInt(Math.round(Math.min(1, Math.max(0, fraction)) * 1e6)) * (cap - floor)) / 1_000_000n;
   const orders: OrderInput[] = [];
   forecast.forEach((wh, k) => {
     if (wh === undefined) return;
     if (wh >= strategy.minOrderWh) {
-      orders.push({ slot: firstSlot + k, isSell: false, qtyWh: BigInt(Math.round(wh)), price: at(strategy.buyAt) });
+      orders.push({ slot: firstSlot + k, isSell: false, qtyWh: BigInt(Math.round(wh)), price: priceAt(floor, cap, strategy.buyAt) });
     } else if (-wh * strategy.sellShare >= strategy.minOrderWh) {
-      orders.push({ slot: firstSlot + k, isSell: true, qtyWh: BigInt(Math.round(-wh * strategy.sellShare)), price: at(strategy.sellAt) });
+      orders.push({ slot: firstSlot + k, isSell: true, qtyWh: BigInt(Math.round(-wh * strategy.sellShare)), price: priceAt(floor, cap, strategy.sellAt) });
     }
   });
   return orders;

@@ -1,6 +1,6 @@
 import type { IntradayMarket } from "../chain/types/index.js";
 import type { Logger } from "../log.js";
-import { forecastSlot, SLOTS_PER_DAY, type SlotHistory } from "./dayAheadTrader.js";
+import { forecastSlot, priceAt, SLOTS_PER_DAY, type SlotHistory } from "./dayAheadTrader.js";
 import { shortError } from "./meterAgent.js";
 
 /** What the agent's flexible assets offer and do (see flexibility.ts). */
@@ -255,8 +255,7 @@ export class IntradayTrader {
         if (offer !== undefined) chosen.push(offer);
       }
       if (chosen.length > 0) {
-        const at = (f: number): bigint => this.floor + (BigInt(Math.round(f * 1e6)) * (this.cap - this.floor)) / 1_000_000n;
-        const inputs = chosen.map((x) => ({ slot: x.slot, isUp: x.isUp, qtyWh: x.qtyWh, price: at(x.isUp ? this.o.pricing.upAt : this.o.pricing.downAt) }));
+        const inputs = chosen.map((x) => ({ slot: x.slot, isUp: x.isUp, qtyWh: x.qtyWh, price: priceAt(this.floor, this.cap, x.isUp ? this.o.pricing.upAt : this.o.pricing.downAt) }));
         await (await market.placeOffers(account, inputs)).wait();
       }
       for (const s of slots) this.offered.add(s);
