@@ -1,4 +1,5 @@
 import type { IntradayMarket } from "../chain/types/index.js";
+import { slotAt, slotStartMs } from "../clock.js";
 import type { Logger } from "../log.js";
 import { balancingCallFor } from "../markets/balancingClearing.js";
 import { readOffers } from "../markets/offerBook.js";
@@ -28,8 +29,7 @@ export class BalancingClearer extends SlotClearer<Book, BalancingSlotResult> {
 
   /** The slots whose gate has closed at `nowMs` and that have not started. */
   protected *dueSlots(nowMs: number): Iterable<number> {
-    const slotMs = this.slotSeconds * 1000;
-    for (let slot = Math.floor(nowMs / slotMs) + 1; slot * slotMs - this.gateLeadMs <= nowMs; slot++) yield slot;
+    for (let slot = slotAt(nowMs, this.slotSeconds) + 1; slotStartMs(slot, this.slotSeconds) - this.gateLeadMs <= nowMs; slot++) yield slot;
   }
 
   protected async submit(slot: number, book: Book): Promise<BalancingSlotResult> {

@@ -1,4 +1,5 @@
 import type { DayAheadMarket } from "../chain/types/index.js";
+import { slotAt, slotStartMs } from "../clock.js";
 import type { Logger } from "../log.js";
 import { clearingCallFor } from "../markets/dayAheadClearing.js";
 import { readBook } from "../markets/orderBook.js";
@@ -37,8 +38,7 @@ export class DayAheadClearer extends SlotClearer<Book, DayAheadSlotResult> {
     const dayMs = 86_400_000;
     const tomorrow = (Math.floor(nowMs / dayMs) + 1) * dayMs;
     const lastDay = nowMs >= tomorrow - this.gateLeadMs ? tomorrow + dayMs : tomorrow;
-    const slotMs = this.slotSeconds * 1000;
-    for (let slot = Math.floor(nowMs / slotMs) + 1; slot * slotMs < lastDay; slot++) yield slot;
+    for (let slot = slotAt(nowMs, this.slotSeconds) + 1; slotStartMs(slot, this.slotSeconds) < lastDay; slot++) yield slot;
   }
 
   protected async submit(slot: number): Promise<DayAheadSlotResult> {

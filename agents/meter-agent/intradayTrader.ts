@@ -1,4 +1,5 @@
 import type { IntradayMarket } from "../chain/types/index.js";
+import { slotAt, slotStartMs } from "../clock.js";
 import type { Logger } from "../log.js";
 import { forecastSlot, priceAt, SLOTS_PER_DAY, type SlotHistory } from "./dayAheadTrader.js";
 import { shortError } from "./meterAgent.js";
@@ -126,10 +127,10 @@ export class IntradayTrader {
 
   /** Slots whose balancing window is open at `nowMs`. */
   private openSlots(nowMs: number): number[] {
-    const slotMs = this.slotSeconds * 1000;
+    const current = slotAt(nowMs, this.slotSeconds);
     const open: number[] = [];
-    for (let slot = Math.floor(nowMs / slotMs) + 1; slot <= Math.floor(nowMs / slotMs) + 8; slot++) {
-      const start = slot * slotMs;
+    for (let slot = current + 1; slot <= current + 8; slot++) {
+      const start = slotStartMs(slot, this.slotSeconds);
       const opens = Math.floor(start / 3_600_000) * 3_600_000 - this.openLeadMs;
       if (nowMs >= opens && nowMs < start - this.gateLeadMs) open.push(slot);
     }
@@ -138,7 +139,7 @@ export class IntradayTrader {
 
   /** Whether `slot`'s offer is due at `nowMs` (at most offerLead before its gate). */
   private offerTime(slot: number, nowMs: number): boolean {
-    return nowMs >= slot * this.slotSeconds * 1000 - this.gateLeadMs - this.offerLeadMs;
+    return nowMs >= slotStartMs(slot, this.slotSeconds) - this.gateLeadMs - this.offerLeadMs;
   }
 
   /** Slots whose window is open at `nowMs` and whose forecast the agent has not sent yet. */
@@ -190,7 +191,7 @@ export class IntradayTrader {
   private async recover(nowMs: number): Promise<boolean> {
     if (this.recovered) return true;
     const { market, account, flexibility: flex } = this.o;
-    const current = Math.floor(nowMs / 1000 / this.slotSeconds);
+    const current = slotAt(nowMs, this.slotSeconds);
     const slots = Array.from({ length: 8 }, (_, k) => current + 1 + k);
     try {
       const [forecasts, offers] = await Promise.all([
@@ -275,13 +276,13 @@ export class IntradayTrader {
 
   /** Tells the assets how offered slots whose gate has passed were cleared, before they start. */
   private async learnClearings(nowMs: number, flex: FlexibilitySource): Promise<void> {
-    const slotMs = this.slotSeconds * 1000;
     for (const slot of [...this.awaitingClearing].sort((a, b) => a - b)) {
-      if (slot * slotMs <= nowMs) {
+      const start = slotStartMs(slot, this.slotSeconds);
+      if (start <= nowMs) {
         this.awaitingClearing.delete(slot); // started: actuate() has it
         continue;
       }
-      if (nowMs < slot * slotMs - this.gateLeadMs) continue;
+      if (nowMs < start - this.gateLeadMs) continue;
       try {
         const [book, [activated]] = await Promise.all([this.o.market.book(slot), this.o.market.activationOf(slot, this.o.account)]);
         if (!book.cleared) continue; // not yet: the offer still counts as possibly activated
@@ -296,7 +297,7 @@ export class IntradayTrader {
   private async actuate(nowMs: number): Promise<void> {
     const flex = this.o.flexibility;
     if (!flex) return;
-    const current = Math.floor(nowMs / 1000 / this.slotSeconds);
+    const current = slotAt(nowMs, this.slotSeconds);
     if (this.active !== undefined && this.active !== current) {
       try {
         await flex.release();
