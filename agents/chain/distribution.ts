@@ -315,8 +315,8 @@ function chunk<T>(items: readonly T[], size: number): T[][] {
   return out;
 }
 
-/** Maps with at most `limit` calls in flight, keeping the order. */
-async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T, index: number) => Promise<R>): Promise<R[]> {
+/** Maps with at most `limit` (at least one) calls in flight, keeping the order. */
+export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T, index: number) => Promise<R>): Promise<R[]> {
   const out = new Array<R>(items.length);
   let next = 0;
   const worker = async (): Promise<void> => {
@@ -325,6 +325,6 @@ async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T, 
       out[i] = await fn(items[i] as T, i);
     }
   };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, worker));
   return out;
 }

@@ -6,6 +6,7 @@
  */
 import { getAddress, type BlockTag } from "ethers";
 import { MarketError } from "../errors.js";
+import { mapLimit } from "../chain/distribution.js";
 import type { IntradayMarket } from "../chain/types/index.js";
 import type { BalancingOffer } from "./balancingClearing.js";
 
@@ -44,7 +45,7 @@ export async function readOffers(
   const accounts = [...new Set(logs.map((log) => getAddress(log.args.account)))];
   const [view, offers] = await Promise.all([
     intraday.book(slot, { blockTag }),
-    mapLimited(accounts, options.concurrency ?? 32, (account) => intraday.offerOf(slot, account, { blockTag })),
+    mapLimit(accounts, options.concurrency ?? 32, (account) => intraday.offerOf(slot, account, { blockTag })),
   ]);
 
   const book: BalancingOffer[] = [];
@@ -59,18 +60,4 @@ export async function readOffers(
     );
   }
   return book.sort((a, b) => a.index - b.index);
-}
-
-/** `f` over `items` with at most `limit` calls in flight; results in the order of `items`. */
-async function mapLimited<T, R>(items: readonly T[], limit: number, f: (item: T) => Promise<R>): Promise<R[]> {
-  const out = new Array<R>(items.length);
-  let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < items.length) {
-      const k = next++;
-      out[k] = await f(items[k] as T);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, worker));
-  return out;
 }

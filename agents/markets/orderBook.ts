@@ -6,6 +6,7 @@
  */
 import { getAddress, type BlockTag } from "ethers";
 import { MarketError } from "../errors.js";
+import { mapLimit } from "../chain/distribution.js";
 import type { DayAheadMarket } from "../chain/types/index.js";
 import type { BookOrder } from "./dayAheadClearing.js";
 
@@ -45,7 +46,7 @@ export async function readBook(
   const accounts = [...new Set(logs.map((log) => getAddress(log.args.account)))];
   const [view, orders] = await Promise.all([
     dayAhead.book(slot, { blockTag }),
-    mapLimited(accounts, options.concurrency ?? 32, (account) => dayAhead.orderOf(slot, account, { blockTag })),
+    mapLimit(accounts, options.concurrency ?? 32, (account) => dayAhead.orderOf(slot, account, { blockTag })),
   ]);
 
   const book: BookOrder[] = [];
@@ -60,18 +61,4 @@ export async function readBook(
     );
   }
   return book.sort((a, b) => a.index - b.index);
-}
-
-/** `f` over `items` with at most `limit` calls in flight; results in the order of `items`. */
-async function mapLimited<T, R>(items: readonly T[], limit: number, f: (item: T) => Promise<R>): Promise<R[]> {
-  const out = new Array<R>(items.length);
-  let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < items.length) {
-      const k = next++;
-      out[k] = await f(items[k] as T);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, worker));
-  return out;
 }
