@@ -19,7 +19,7 @@ export interface BalanceColumn {
  * unpaid shortfall): return one BalanceColumn per figure, reading it from `market`.
  */
 export function extraBalanceColumns(market: MarketContracts, token: TokenInfo): BalanceColumn[] {
-  const amount = (units: bigint): string => `${formatUnits(units, token.decimals)} ${token.symbol}`;
+  const amount = (units: bigint): string => formatTokenAmount(units, token);
   return [
     { header: "in escrow (deposit)", value: async (account) => amount((await market.settlement.accountState(account)).deposit) },
     // Earnings are paid into the deposit; this much of it can go to the wallet now (npm run withdraw).
@@ -31,6 +31,11 @@ export function extraBalanceColumns(market: MarketContracts, token: TokenInfo): 
 export interface TokenInfo {
   symbol: string;
   decimals: number;
+}
+
+/** `units` of the token for people, e.g. "12.5 EUR". */
+export function formatTokenAmount(units: bigint, token: TokenInfo): string {
+  return `${formatUnits(units, token.decimals)} ${token.symbol}`;
 }
 
 export interface BalanceRow {

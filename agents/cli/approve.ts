@@ -7,10 +7,9 @@
  * account in the markets but never holds its tokens. Escrow uses the allowance up (refunds go
  * back to the wallet, not into the allowance), so run it again with a new amount when it runs low.
  */
-import { formatUnits, parseUnits } from "ethers";
 import { ConfigError, MarketError } from "../errors.js";
-import { tokenInfo } from "../chain/balances.js";
-import { MARKET_OPTIONS, MARKET_OPTIONS_HELP, SIGNER_HELP, connectFromOptions, parseCli, runCli } from "./common.js";
+import { formatTokenAmount, tokenInfo } from "../chain/balances.js";
+import { MARKET_OPTIONS, MARKET_OPTIONS_HELP, SIGNER_HELP, connectFromOptions, parseCli, parseTokenAmount, runCli } from "./common.js";
 
 const USAGE = `usage: npm run approve -- <amount> [options]
 
@@ -37,14 +36,9 @@ async function main(): Promise<void> {
   if (signer === undefined) throw new ConfigError("signer", `no signing key\n\n${SIGNER_HELP}`);
   const account = await signer.getAddress();
   const token = await tokenInfo(market);
-  const show = (units: bigint): string => `${formatUnits(units, token.decimals)} ${token.symbol}`;
+  const show = (units: bigint): string => formatTokenAmount(units, token);
   const text = positionals[0]!;
-  let amount: bigint;
-  try {
-    amount = parseUnits(text, token.decimals);
-  } catch {
-    throw new ConfigError("amount", `"${text}" is not an amount of ${token.symbol} (a number with at most ${token.decimals} decimals)`);
-  }
+  const amount = parseTokenAmount(text, token);
   if (amount < 0n) throw new ConfigError("amount", `${text} is negative`);
 
   for (const [name, spender] of [

@@ -1,6 +1,8 @@
 /** What the command-line tools share: market options, connecting, error reporting, tables. */
 import { parseArgs, type ParseArgsConfig } from "node:util";
+import { parseUnits } from "ethers";
 import { ConfigError, MarketError } from "../errors.js";
+import type { TokenInfo } from "../chain/balances.js";
 import { DEFAULT_LOCAL_DEPLOYMENT_DIR, resolveMarketAddresses } from "../chain/deployment.js";
 import { connectMarket, type MarketContracts } from "../chain/market.js";
 import { MARKET_SIGNER_ENV, walletFromEnv } from "../chain/signer.js";
@@ -63,6 +65,15 @@ export async function connectFromOptions(values: MarketOptionValues, withSigner:
   // A loopback node mines at once; polling every 4 s (ethers' default) would only add waiting.
   const local = /^https?:\/\/(127\.0\.0\.1|localhost|\[::1\])[:/]/.test(rpcUrl);
   return connectMarket({ rpcUrl, addresses, signer, ...(local ? { pollingIntervalMs: 200 } : {}) });
+}
+
+/** `text` (e.g. "12.5") in the token's base units; ConfigError if it is not an amount of the token. */
+export function parseTokenAmount(text: string, token: TokenInfo): bigint {
+  try {
+    return parseUnits(text, token.decimals);
+  } catch {
+    throw new ConfigError("amount", `"${text}" is not an amount of ${token.symbol} (a number with at most ${token.decimals} decimals)`);
+  }
 }
 
 /** parseArgs that turns its errors into a ConfigError with the usage text. */

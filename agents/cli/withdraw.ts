@@ -6,10 +6,9 @@
  * thousand readings then needs no token transfer per seller), so this is how a seller takes
  * them home. The key is the participant's own, from the environment.
  */
-import { formatUnits, parseUnits } from "ethers";
 import { ConfigError, MarketError } from "../errors.js";
-import { tokenInfo } from "../chain/balances.js";
-import { MARKET_OPTIONS, MARKET_OPTIONS_HELP, SIGNER_HELP, connectFromOptions, parseCli, runCli } from "./common.js";
+import { formatTokenAmount, tokenInfo } from "../chain/balances.js";
+import { MARKET_OPTIONS, MARKET_OPTIONS_HELP, SIGNER_HELP, connectFromOptions, parseCli, parseTokenAmount, runCli } from "./common.js";
 
 const USAGE = `usage: npm run withdraw -- <amount> | --all [options]
 
@@ -51,7 +50,7 @@ async function main(): Promise<void> {
   if (signer === undefined) throw new ConfigError("signer", `no signing key\n\n${SIGNER_HELP}`);
   const account = await signer.getAddress();
   const token = await tokenInfo(market);
-  const show = (units: bigint): string => `${formatUnits(units, token.decimals)} ${token.symbol}`;
+  const show = (units: bigint): string => formatTokenAmount(units, token);
 
   let amount: bigint;
   const free = await market.settlement.withdrawable(account);
@@ -59,11 +58,7 @@ async function main(): Promise<void> {
     amount = free;
   } else {
     const text = positionals[0] ?? "";
-    try {
-      amount = parseUnits(text, token.decimals);
-    } catch {
-      throw new ConfigError("amount", `"${text}" is not an amount of ${token.symbol} (a number with at most ${token.decimals} decimals)`);
-    }
+    amount = parseTokenAmount(text, token);
     if (amount <= 0n) throw new ConfigError("amount", `${text} is not positive`);
     if (amount > free) throw new WithdrawalTooLargeError(show(amount), show(free));
   }
